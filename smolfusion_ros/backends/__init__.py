@@ -1,0 +1,1 @@
+"""Model back ends behind small protocols; nodes pick them by name through `registry`."""

@@ -1,0 +1,60 @@
+"""The LLM back-end protocol: load once, then stream a chat answer token by token."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, TypedDict
+
+
+class ChatMessage(TypedDict):
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 40
+    repeat_penalty: float = 1.1
+    seed: int = -1  # -1: random
+
+
+class LLMBackendError(RuntimeError):
+    """A back end could not load or run; the message is meant for the operator."""
+
+
+class LLMBackend(Protocol):
+    """What the core needs from a language model.
+
+    Implementations are used from one worker thread at a time (the core serialises
+    generation), so they need not be thread-safe. `stream_chat` must check `cancel`
+    between tokens and stop promptly when it is set.
+    """
+
+    name: str
+
+    def load(self) -> None:
+        """Load weights; may take seconds. Raises LLMBackendError with a clear message."""
+
+    @property
+    def context_size(self) -> int:
+        """Tokens the prompt and the answer must fit in together."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def stream_chat(
+        self,
+        messages: list[ChatMessage],
+        settings: GenerationSettings,
+        cancel: threading.Event,
+    ) -> Iterator[str]:
+        """Yield the answer as text deltas (one per token) until done or cancelled."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,225 @@
+"""Run a whole profile in one process, with a console to talk to it.
+
+    python -m smolfusion_ros.bringup                        # cpu_demo, interactive console
+    python -m smolfusion_ros.bringup --ask "Hello" --ask "Who are you?"   # scripted
+    echo "Hello" | python -m smolfusion_ros.bringup         # lines from stdin, scripted
+    python -m smolfusion_ros.bringup --no-console           # nodes only, like ros2 launch
+
+Every node of the profile (config/profiles.yaml) is added to one MultiThreadedExecutor (the
+manual-composition pattern); parameters come from the profile's YAML, exactly as the launch
+file passes them. The console is a client like any other: it sends `converse` goals and
+prints the streamed answer with its time to first token and tokens per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Iterable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+from smolfusion_ros.core.profile import ProfileError, get_profile
+from smolfusion_ros.nodes.parameters import ConfigError
+from smolfusion_ros.nodes.runner import EXECUTOR_THREADS
+
+
+def _node_factories():
+    # Imported here so `--help` works without building interfaces or loading models.
+    from smolfusion_ros.nodes.fusion_node import FusionNode
+    from smolfusion_ros.nodes.text_input_node import TextInputNode
+
+    return {"fusion_node": FusionNode, "text_input_node": TextInputNode}
+
+
+class Console:
+    """Sends each line as a converse goal and prints the streamed answer."""
+
+    def __init__(self, client, session_id: str, persona: str, max_tokens: int, out=sys.stdout):
+        self.client = client
+        self.session_id = session_id
+        self.persona = persona
+        self.max_tokens = max_tokens
+        self.out = out
+        self.failures = 0
+
+    def ask(self, text: str) -> bool:
+        started = time.monotonic()
+        printed = threading.Event()
+
+        def on_feedback(feedback) -> None:
+            if not printed.is_set():
+                printed.set()
+                self.out.write("robot> ")
+            self.out.write(feedback.delta)
+            self.out.flush()
+
+        handle = self.client.converse(
+            text,
+            session_id=self.session_id,
+            persona=self.persona,
+            max_tokens=self.max_tokens,
+            on_feedback=on_feedback,
+        )
+        result = handle.result(timeout=300)
+        total = time.monotonic() - started
+        if not result.success:
+            self.failures += 1
+            self.out.write(f"{'' if not printed.is_set() else chr(10)}error: {result.error}\n")
+            return False
+        ttft = (handle.first_feedback_at - started) if handle.first_feedback_at else result.ttft_s
+        rate = (result.tokens - 1) / (total - ttft) if result.tokens > 1 and total > ttft else 0.0
+        if not printed.is_set():
+            self.out.write(f"robot> {result.reply}")
+        self.out.write(
+            f"\n  [first token {ttft:.2f} s | {result.tokens} tokens | "
+            f"{rate:.0f} tokens/s | {total:.2f} s]\n"
+        )
+        self.out.flush()
+        return True
+
+    def command(self, line: str) -> bool:
+        """Console commands; returns False to quit."""
+        name, _, arg = line[1:].partition(" ")
+        if name in ("quit", "exit", "q"):
+            return False
+        if name == "session" and arg:
+            self.session_id = arg.strip()
+        elif name == "persona":
+            self.persona = arg.strip()
+        else:
+            self.out.write("commands: /session ID, /persona ID (empty = default), /quit\n")
+        self.out.write(
+            f"  [session {self.session_id or 'default'}, persona {self.persona or 'default'}]\n"
+        )
+        return True
+
+    def run_lines(self, lines: Iterable[str], echo: bool) -> None:
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if not self.command(line):
+                    return
+                continue
+            if echo:
+                self.out.write(f"you> {line}\n")
+            self.ask(line)
+
+    def interactive(self) -> None:
+        self.out.write("Type a question and press Enter (/quit to leave, /help for commands).\n")
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                return
+            line = line.strip()
+            if line.startswith("/"):
+                if not self.command(line):
+                    return
+            elif line:
+                self.ask(line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="cpu_demo", help="profile from config/profiles.yaml")
+    parser.add_argument("--ask", action="append", default=[], help="ask this and exit (repeat)")
+    parser.add_argument("--script", help="file with one question per line")
+    parser.add_argument("--session", default="console", help="session id for the console")
+    parser.add_argument("--persona", default="", help="persona id (empty = default)")
+    parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--no-console", action="store_true", help="run the nodes only")
+    parser.add_argument("--ready-timeout", type=float, default=120.0)
+    args, ros_args = parser.parse_known_args(argv)
+
+    try:
+        profile = get_profile(args.profile)
+    except (ProfileError, FileNotFoundError) as exc:
+        print(f"[smolfusion_ros] {exc}", file=sys.stderr)
+        return 2
+    rclpy.init(
+        args=[
+            "bringup",
+            "--ros-args",
+            "--params-file",
+            str(profile.parameters_file),
+            *[a for a in ros_args if a != "--ros-args"],
+        ]
+    )
+    factories = _node_factories()
+    nodes = []
+    try:
+        for name in profile.nodes:
+            nodes.append(factories[name]())
+    except ConfigError as exc:
+        print(f"[smolfusion_ros] configuration error: {exc}", file=sys.stderr)
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    for node in nodes:
+        executor.add_node(node)
+    print(f"[smolfusion_ros] profile {profile.name}: {', '.join(profile.nodes)}", flush=True)
+
+    if args.no_console:
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        finally:
+            _shutdown(executor, nodes)
+        return 0
+
+    from smolfusion_ros.client import SmolFusionClient
+
+    console_node = rclpy.create_node("console")
+    executor.add_node(console_node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    console = Console(
+        SmolFusionClient(node=console_node), args.session, args.persona, args.max_tokens
+    )
+    code = 0
+    try:
+        console.client.wait_until_ready(args.ready_timeout)
+        if args.ask or args.script:
+            lines = list(args.ask)
+            if args.script:
+                with open(args.script, encoding="utf-8") as handle:
+                    lines += handle.readlines()
+            console.run_lines(lines, echo=True)
+        elif sys.stdin.isatty():
+            console.interactive()
+        else:
+            console.run_lines(sys.stdin, echo=True)
+        code = 1 if console.failures else 0
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        print(f"[smolfusion_ros] {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        console.client.close()
+        nodes.append(console_node)
+        _shutdown(executor, nodes)
+    return code
+
+
+def _shutdown(executor, nodes) -> None:
+    executor.shutdown()
+    for node in nodes:
+        close = getattr(node, "close", None)
+        if close:
+            close()
+        node.destroy_node()
+    rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""The model catalogue: resolves a model id (or an explicit path) to a file on disk.
+
+Nothing is downloaded: files come from installed PyPI packages or a configured path. A model
+that cannot be found raises ModelNotFoundError with one message naming what to install or set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smolfusion_ros import paths
+
+GGUF_MAGIC = b"GGUF"
+
+
+class ModelNotFoundError(RuntimeError):
+    """The model file is missing; the message says what to install or which parameter to set."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    model_id: str
+    kind: str
+    backend: str
+    format: str
+    description: str
+    licence: str
+    source: dict[str, Any]
+    size_bytes: int | None = None
+    sha256: str | None = None
+    context_length: int | None = None
+    download: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def install_hint(self) -> str:
+        return str(self.source.get("install", "set the model path parameter"))
+
+
+_KNOWN_KEYS = {
+    "kind",
+    "backend",
+    "format",
+    "description",
+    "licence",
+    "source",
+    "size_bytes",
+    "sha256",
+    "context_length",
+    "download",
+}
+
+
+def load_catalogue(path: Path | None = None) -> dict[str, ModelEntry]:
+    path = path or paths.models_dir() / "catalogue.yaml"
+    with open(path, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle) or {}
+    entries = {}
+    for model_id, spec in raw.items():
+        entries[model_id] = ModelEntry(
+            model_id=model_id,
+            kind=spec["kind"],
+            backend=spec["backend"],
+            format=spec.get("format", ""),
+            description=spec.get("description", ""),
+            licence=spec.get("licence", "unknown"),
+            source=spec.get("source") or {},
+            size_bytes=spec.get("size_bytes"),
+            sha256=spec.get("sha256"),
+            context_length=spec.get("context_length"),
+            download=spec.get("download"),
+            extra={k: v for k, v in spec.items() if k not in _KNOWN_KEYS},
+        )
+    return entries
+
+
+def _module_dir(module: str) -> Path | None:
+    # find_spec locates the package without importing it (some weight packages run code on import).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+_join_lock = threading.Lock()
+
+
+def _join_parts(entry: ModelEntry) -> Path:
+    source = entry.source
+    target = paths.cache_dir() / "models" / source["joined_name"]
+    parts = []
+    for n in range(1, int(source["parts"]) + 1):
+        module_dir = _module_dir(source["module_pattern"].format(n=n))
+        if module_dir is None:
+            raise ModelNotFoundError(
+                f"model '{entry.model_id}' is not installed (part {n} missing): "
+                f"{entry.install_hint}, or set the model path parameter"
+            )
+        parts.append(module_dir / source["file_pattern"].format(n=n))
+    expected = sum(part.stat().st_size for part in parts)
+    with _join_lock:
+        if target.is_file() and target.stat().st_size == expected:
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".partial.{os.getpid()}")
+        with open(partial, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as chunk:
+                    shutil.copyfileobj(chunk, out, 16 * 1024 * 1024)
+        # Atomic rename: a crash mid-join never leaves a truncated model behind.
+        os.replace(partial, target)
+    return target
+
+
+def check_model_file(path: Path, fmt: str = "gguf") -> None:
+    """Raise ModelNotFoundError unless `path` is a readable file of the expected format."""
+    if not path.is_file():
+        raise ModelNotFoundError(f"model file {path} does not exist")
+    if fmt == "gguf":
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if magic != GGUF_MAGIC:
+            raise ModelNotFoundError(f"model file {path} is not a GGUF file (header {magic!r})")
+
+
+def resolve_model(model: str, path_override: str = "", catalogue: dict | None = None) -> Path:
+    """Return the file for `model` (a catalogue id), or `path_override` when it is set."""
+    if path_override:
+        path = Path(path_override).expanduser()
+        check_model_file(path, "gguf" if path.suffix == ".gguf" else "")
+        return path
+    catalogue = catalogue if catalogue is not None else load_catalogue()
+    entry = catalogue.get(model)
+    if entry is None:
+        known = ", ".join(sorted(catalogue)) or "none"
+        raise ModelNotFoundError(
+            f"unknown model id '{model}' (catalogue has: {known}); "
+            "or set the model path parameter to a file"
+        )
+    kind = entry.source.get("type")
+    if kind == "pypi_file":
+        module_dir = _module_dir(entry.source["module"])
+        if module_dir is None:
+            raise ModelNotFoundError(
+                f"model '{model}' is not installed: {entry.install_hint}, "
+                "or set the model path parameter"
+            )
+        path = module_dir / entry.source["file"]
+    elif kind == "pypi_parts":
+        path = _join_parts(entry)
+    elif kind == "path":
+        path = Path(os.path.expandvars(entry.source["path"])).expanduser()
+    else:
+        raise ModelNotFoundError(f"model '{model}' has unsupported source type {kind!r}")
+    check_model_file(path, entry.format)
+    return path

@@ -1,0 +1,166 @@
+"""SmolFusionClient: a small blocking facade over the fusion node's services and actions.
+
+For scripts, behaviour-tree leaves and tests (in the spirit of nav2_simple_commander):
+
+    client = SmolFusionClient()            # own node + background executor
+    client.wait_until_ready(30)
+    print(client.chat("Hello!", max_tokens=64).reply)
+    handle = client.converse("Tell me a story", on_feedback=lambda fb: print(fb.delta))
+    handle.cancel(); print(handle.result().cancelled)
+    client.close()
+
+Never call its blocking methods from inside a callback of the executor that spins it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import rclpy
+from rclpy.action import ActionClient
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+
+from smolfusion_ros.action import Converse
+from smolfusion_ros.srv import Chat
+
+
+class ClientError(RuntimeError):
+    """The fusion node could not be reached or did not answer in time."""
+
+
+def _wait_future(future, timeout: float, what: str):
+    done = threading.Event()
+    future.add_done_callback(lambda _f: done.set())
+    if not done.wait(timeout):
+        raise ClientError(f"{what}: no answer within {timeout} s")
+    return future.result()
+
+
+class ConverseHandle:
+    """A running converse goal: stream feedback, cancel it, wait for its result."""
+
+    def __init__(self, client: SmolFusionClient, goal_handle, result_future) -> None:
+        self._client = client
+        self.goal_handle = goal_handle
+        self._result_future = result_future
+        self.first_feedback_at: float | None = None
+
+    def cancel(self, timeout: float = 5.0) -> None:
+        _wait_future(self.goal_handle.cancel_goal_async(), timeout, "cancel")
+
+    def result(self, timeout: float = 120.0) -> Converse.Result:
+        return _wait_future(self._result_future, timeout, "converse result").result
+
+    def done(self) -> bool:
+        return self._result_future.done()
+
+
+class SmolFusionClient:
+    def __init__(self, node: Node | None = None, namespace: str = "") -> None:
+        self._owns_node = node is None
+        self._owns_context = False
+        if node is None:
+            if not rclpy.ok():
+                rclpy.init()
+                self._owns_context = True
+            node = rclpy.create_node("smolfusion_client", namespace=namespace or None)
+            self._executor = MultiThreadedExecutor(num_threads=4)
+            self._executor.add_node(node)
+            self._spin_thread = threading.Thread(target=self._executor.spin, daemon=True)
+            self._spin_thread.start()
+        self.node = node
+        prefix = f"{namespace.rstrip('/')}/" if namespace else ""
+        self._chat = node.create_client(Chat, f"{prefix}chat")
+        self._converse = ActionClient(node, Converse, f"{prefix}converse")
+
+    def wait_for_servers(self, timeout: float = 30.0) -> None:
+        if not self._chat.wait_for_service(timeout_sec=timeout):
+            raise ClientError(f"chat service not available after {timeout} s")
+        if not self._converse.wait_for_server(timeout_sec=timeout):
+            raise ClientError(f"converse action not available after {timeout} s")
+
+    def wait_until_ready(self, timeout: float = 60.0, probe: str = "Hi") -> None:
+        """Wait for the servers, then until a 1-token chat succeeds (the model has loaded)."""
+        deadline = time.monotonic() + timeout
+        self.wait_for_servers(timeout)
+        last = ""
+        while time.monotonic() < deadline:
+            response = self.chat(
+                probe,
+                max_tokens=1,
+                session_id="smolfusion-probe",
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+            if response.success:
+                return
+            last = response.error
+            time.sleep(0.1)
+        raise ClientError(f"fusion node not ready after {timeout} s: {last}")
+
+    def chat(
+        self,
+        text: str,
+        *,
+        session_id: str = "",
+        persona: str = "",
+        use_vision: str = "",
+        max_tokens: int = 128,
+        timeout: float = 120.0,
+    ) -> Chat.Response:
+        request = Chat.Request(
+            session_id=session_id,
+            text=text,
+            persona=persona,
+            use_vision=use_vision,
+            max_tokens=max_tokens,
+        )
+        return _wait_future(self._chat.call_async(request), timeout, "chat")
+
+    def converse(
+        self,
+        text: str,
+        *,
+        session_id: str = "",
+        persona: str = "",
+        use_vision: str = "",
+        max_tokens: int = 128,
+        on_feedback: Callable[[Converse.Feedback], None] | None = None,
+        timeout: float = 30.0,
+    ) -> ConverseHandle:
+        goal = Converse.Goal(
+            session_id=session_id,
+            text=text,
+            persona=persona,
+            use_vision=use_vision,
+            max_tokens=max_tokens,
+        )
+        holder: dict[str, ConverseHandle] = {}
+
+        def feedback(msg) -> None:
+            handle = holder.get("handle")
+            if handle is not None and handle.first_feedback_at is None:
+                handle.first_feedback_at = time.monotonic()
+            if on_feedback is not None:
+                on_feedback(msg.feedback)
+
+        goal_handle = _wait_future(
+            self._converse.send_goal_async(goal, feedback_callback=feedback), timeout, "goal"
+        )
+        if not goal_handle.accepted:
+            raise ClientError("converse goal rejected")
+        handle = ConverseHandle(self, goal_handle, goal_handle.get_result_async())
+        holder["handle"] = handle
+        return handle
+
+    def close(self) -> None:
+        self._converse.destroy()
+        self.node.destroy_client(self._chat)
+        if self._owns_node:
+            self._executor.shutdown()
+            self._spin_thread.join(timeout=5)
+            self.node.destroy_node()
+        if self._owns_context:
+            rclpy.try_shutdown()

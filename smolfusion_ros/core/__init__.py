@@ -1,0 +1,1 @@
+"""ROS-free logic: request validation, personas, sessions, prompt assembly, scheduling."""

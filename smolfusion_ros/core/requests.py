@@ -1,0 +1,72 @@
+"""Chat requests and their validation: every bad request gets one clear error message."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+USE_VISION_VALUES = ("auto", "always", "never")
+
+
+class RequestRejected(Exception):
+    """The request is invalid or cannot be served now; str(exc) is the error for the caller."""
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    text: str
+    session_id: str = ""
+    persona: str = ""
+    use_vision: str = "auto"
+    max_tokens: int = 0
+    source: str = "text"  # where the user's words came from: text, speech, service, action
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_input_chars: int = 4000
+    max_tokens_limit: int = 1024
+    default_session_id: str = "default"
+
+
+def validate_session_id(session_id: str, default: str = "default") -> str:
+    """Return the effective session id or raise RequestRejected."""
+    session_id = session_id.strip() or default
+    if not SESSION_ID_PATTERN.match(session_id):
+        shown = session_id if len(session_id) <= 40 else session_id[:40] + "..."
+        raise RequestRejected(
+            f"invalid session_id {shown!r}: use 1-64 letters, digits, '_', '-', '.' or ':'"
+        )
+    return session_id
+
+
+def normalise_request(request: ChatRequest, limits: RequestLimits) -> ChatRequest:
+    """Check a request and fill in defaults; raise RequestRejected with a clear message."""
+    text = request.text.strip()
+    if not text:
+        raise RequestRejected("text is empty")
+    if len(text) > limits.max_input_chars:
+        raise RequestRejected(
+            f"text is {len(text)} characters long; the limit is {limits.max_input_chars}"
+        )
+    if "\x00" in text:
+        raise RequestRejected("text contains a NUL character")
+    if not 1 <= request.max_tokens <= limits.max_tokens_limit:
+        raise RequestRejected(
+            f"max_tokens must be between 1 and {limits.max_tokens_limit}, got {request.max_tokens}"
+        )
+    use_vision = request.use_vision.strip().lower() or "auto"
+    if use_vision not in USE_VISION_VALUES:
+        raise RequestRejected(
+            f"use_vision must be one of {', '.join(USE_VISION_VALUES)}, got {request.use_vision!r}"
+        )
+    session_id = validate_session_id(request.session_id, limits.default_session_id)
+    return ChatRequest(
+        text=text,
+        session_id=session_id,
+        persona=request.persona.strip(),
+        use_vision=use_vision,
+        max_tokens=request.max_tokens,
+        source=request.source,
+    )

@@ -1,0 +1,1 @@
+"""Thin rclpy nodes: parameters, topics, services and actions translated to core calls."""

@@ -1,0 +1,44 @@
+"""Translations between core objects and ROS messages (the only place that knows both)."""
+
+from __future__ import annotations
+
+import time
+
+from builtin_interfaces.msg import Time
+
+from smolfusion_ros.core.jobs import ChatResult
+from smolfusion_ros.core.requests import ChatRequest
+
+
+def stamp_from_wall(seconds: float | None = None) -> Time:
+    seconds = time.time() if seconds is None else seconds
+    sec = int(seconds)
+    return Time(sec=sec, nanosec=int((seconds - sec) * 1e9))
+
+
+def chat_request_from(msg, source: str) -> ChatRequest:
+    """Chat.Request, Converse.Goal and anything with the same fields."""
+    return ChatRequest(
+        text=msg.text,
+        session_id=msg.session_id,
+        persona=msg.persona,
+        use_vision=msg.use_vision,
+        max_tokens=int(msg.max_tokens),
+        source=source,
+    )
+
+
+def fill_chat_response(target, result: ChatResult):
+    """Copy a ChatResult into Chat.Response or Converse.Result (same field names)."""
+    target.success = result.success
+    target.error = result.error
+    target.reply = result.reply
+    target.source = result.source
+    target.request_id = result.request_id
+    target.scene_used = result.scene_used
+    target.ttft_s = float(result.ttft_s)
+    target.latency_s = float(result.latency_s)
+    target.tokens = int(result.tokens)
+    if hasattr(target, "cancelled"):
+        target.cancelled = result.cancelled
+    return target

@@ -1,0 +1,404 @@
+"""fusion_node: answers utterances, `chat` calls and `converse` goals with the language model.
+
+Subscribes:  utterance (smolfusion_ros/Utterance; final utterances are answered)
+Publishes:   response_stream (ResponseChunk, every token), response (Turn, every final answer),
+             /diagnostics (1 Hz: model state, queue, last time to first token, tokens/s)
+Services:    chat (smolfusion_ros/Chat)
+Actions:     converse (smolfusion_ros/Converse: token feedback, cancel mid-answer)
+Parameters:  llm.* (back end, model, threads, context, sampling), chat.* (limits, queue),
+             persona.* (persona file and default), session.* (default id, bounds);
+             see config/cpu_demo.yaml for every one with its default.
+
+All model work runs on the chat engine's own thread; callbacks only validate, queue and wait.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+
+from smolfusion_ros import catalogue, paths
+from smolfusion_ros.action import Converse
+from smolfusion_ros.backends import registry
+from smolfusion_ros.core.chat_engine import ChatEngine, EngineSettings, EngineState
+from smolfusion_ros.core.jobs import ChatJob
+from smolfusion_ros.core.personas import PersonaError, load_personas
+from smolfusion_ros.core.requests import ChatRequest, RequestLimits, RequestRejected
+from smolfusion_ros.core.sessions import SessionStore
+from smolfusion_ros.msg import ResponseChunk, Turn, Utterance
+from smolfusion_ros.nodes.conversions import (
+    chat_request_from,
+    fill_chat_response,
+    stamp_from_wall,
+)
+from smolfusion_ros.nodes.parameters import (
+    ConfigError,
+    ParamSpec,
+    at_least,
+    between,
+    declare_parameters,
+    one_of,
+)
+from smolfusion_ros.nodes.runner import run_node
+from smolfusion_ros.srv import Chat
+
+FEEDBACK_POLL_S = 0.02
+
+
+def _parameter_specs() -> list[ParamSpec]:
+    return [
+        ParamSpec(
+            "llm.backend",
+            "llama_cpp",
+            "LLM back end name from the back-end registry",
+            one_of(*registry.llm_backend_names()),
+        ),
+        ParamSpec("llm.model", "smollm2-135m-instruct", "model id from models/catalogue.yaml"),
+        ParamSpec("llm.model_path", "", "explicit GGUF file; overrides llm.model when set"),
+        ParamSpec(
+            "llm.n_ctx", 2048, "context size in tokens (prompt + answer)", between(256, 131072)
+        ),
+        ParamSpec(
+            "llm.n_threads",
+            2,
+            "CPU threads for the LLM (1 per concurrent model on 2 cores)",
+            between(1, 256),
+        ),
+        ParamSpec("llm.n_batch", 256, "prompt evaluation batch size", between(8, 8192)),
+        ParamSpec(
+            "llm.n_gpu_layers",
+            0,
+            "layers offloaded to the GPU (-1 = all, 0 = CPU only)",
+            at_least(-1),
+        ),
+        ParamSpec("llm.temperature", 0.7, "sampling temperature (0 = greedy)", between(0.0, 5.0)),
+        ParamSpec("llm.top_p", 0.9, "nucleus sampling mass", between(0.0, 1.0)),
+        ParamSpec("llm.top_k", 40, "top-k sampling (0 = off)", at_least(0)),
+        ParamSpec("llm.repeat_penalty", 1.1, "repetition penalty", between(0.5, 3.0)),
+        ParamSpec("llm.seed", -1, "sampling seed (-1 = random)", at_least(-1)),
+        ParamSpec(
+            "chat.default_max_tokens",
+            160,
+            "answer length for utterances from topics",
+            between(1, 32768),
+        ),
+        ParamSpec(
+            "chat.max_tokens_limit",
+            1024,
+            "largest max_tokens a request may ask for",
+            between(1, 32768),
+        ),
+        ParamSpec(
+            "chat.max_input_chars",
+            4000,
+            "longest accepted question in characters",
+            between(1, 1_000_000),
+        ),
+        ParamSpec(
+            "chat.max_pending",
+            4,
+            "requests that may wait behind the current answer; more are rejected with an error",
+            between(1, 1024),
+        ),
+        ParamSpec(
+            "chat.request_timeout_s", 120.0, "a chat call gives up after this long", at_least(0.1)
+        ),
+        ParamSpec("persona.file", "personas.yaml", "persona YAML (relative = package config/)"),
+        ParamSpec("persona.default", "", "default persona id (empty = the file's default)"),
+        ParamSpec("session.default_id", "default", "session used when a request names none"),
+        ParamSpec(
+            "session.max_sessions",
+            256,
+            "sessions kept in memory (least recent dropped)",
+            between(1, 1_000_000),
+        ),
+        ParamSpec("session.max_turns", 64, "turns kept per session", between(2, 100_000)),
+        ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
+    ]
+
+
+class FusionNode(Node):
+    """The conversation node: LLM answers for chat, converse and utterances."""
+
+    def __init__(self, node_name: str = "fusion_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        p = declare_parameters(self, _parameter_specs())
+        self._params = p
+        if p["chat.default_max_tokens"] > p["chat.max_tokens_limit"]:
+            raise ConfigError("chat.default_max_tokens is larger than chat.max_tokens_limit")
+
+        personas_path = paths.config_path(p["persona.file"])
+        try:
+            personas = load_personas(personas_path, p["persona.default"])
+        except FileNotFoundError:
+            raise ConfigError(f"persona file {personas_path} does not exist") from None
+        except PersonaError as exc:
+            raise ConfigError(str(exc)) from None
+        try:
+            model_path = catalogue.resolve_model(p["llm.model"], p["llm.model_path"])
+        except catalogue.ModelNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
+        self._model_path = model_path
+        backend = registry.create_llm_backend(
+            p["llm.backend"],
+            model_path=model_path,
+            n_ctx=p["llm.n_ctx"],
+            n_threads=p["llm.n_threads"],
+            n_batch=p["llm.n_batch"],
+            n_gpu_layers=p["llm.n_gpu_layers"],
+        )
+        limits = RequestLimits(
+            max_input_chars=p["chat.max_input_chars"],
+            max_tokens_limit=p["chat.max_tokens_limit"],
+            default_session_id=p["session.default_id"],
+        )
+        settings = EngineSettings(
+            limits=limits,
+            max_pending=p["chat.max_pending"],
+            temperature=p["llm.temperature"],
+            top_p=p["llm.top_p"],
+            top_k=p["llm.top_k"],
+            repeat_penalty=p["llm.repeat_penalty"],
+            seed=p["llm.seed"],
+        )
+        self.engine = ChatEngine(
+            backend,
+            personas,
+            SessionStore(p["session.max_sessions"], p["session.max_turns"]),
+            settings,
+        )
+        self._chunk_seq: dict[str, int] = {}
+        self._utterances_dropped = 0
+        self._active_goals: dict[bytes, ChatJob] = {}
+        self._goals_lock = threading.Lock()
+
+        self._stream_pub = self.create_publisher(ResponseChunk, "response_stream", 100)
+        self._response_pub = self.create_publisher(Turn, "response", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.engine.add_token_observer(self._publish_chunk)
+        self.engine.add_done_observer(self._publish_final)
+
+        # Waiting callbacks must not block each other or the topic callbacks.
+        waiting = ReentrantCallbackGroup()
+        self.create_service(Chat, "chat", self._on_chat, callback_group=waiting)
+        self._converse = ActionServer(
+            self,
+            Converse,
+            "converse",
+            execute_callback=self._execute_converse,
+            goal_callback=lambda _goal: GoalResponse.ACCEPT,
+            cancel_callback=self._on_cancel,
+            callback_group=waiting,
+        )
+        self.create_subscription(
+            Utterance,
+            "utterance",
+            self._on_utterance,
+            20,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
+
+        self._announced_ready = False
+        # Logged before the load starts: llama.cpp silences stderr process-wide while loading.
+        self.get_logger().info(
+            f"loading {model_path.name} with {p['llm.backend']} "
+            f"(n_ctx={p['llm.n_ctx']}, threads={p['llm.n_threads']}); "
+            f"personas: {', '.join(personas.ids())}"
+        )
+        self.engine.start()
+
+    # ---------------------------------------------------------------- requests
+    def _on_chat(self, request: Chat.Request, response: Chat.Response) -> Chat.Response:
+        try:
+            job = self.engine.submit(chat_request_from(request, "service"))
+        except RequestRejected as exc:
+            response.success, response.error = False, str(exc)
+            return response
+        except Exception as exc:  # a node never dies on a request
+            self.get_logger().error(f"chat failed: {exc}")
+            response.success, response.error = False, f"internal error: {exc}"
+            return response
+        timeout = self._params["chat.request_timeout_s"]
+        result = job.wait(timeout)
+        if result is None:
+            job.cancel()
+            response.success = False
+            response.error = f"no answer within chat.request_timeout_s={timeout} s"
+            return response
+        return fill_chat_response(response, result)
+
+    def _on_cancel(self, goal_handle) -> CancelResponse:
+        with self._goals_lock:
+            job = self._active_goals.get(bytes(goal_handle.goal_id.uuid))
+        if job is not None:
+            job.cancel()  # the worker stops before the next token
+        return CancelResponse.ACCEPT
+
+    def _execute_converse(self, goal_handle) -> Converse.Result:
+        result_msg = Converse.Result()
+        feedback_queue: queue.SimpleQueue = queue.SimpleQueue()
+        key = bytes(goal_handle.goal_id.uuid)
+        try:
+            job = self.engine.submit(
+                chat_request_from(goal_handle.request, "action"),
+                listener=lambda _job, delta, partial, n: feedback_queue.put((delta, partial, n)),
+            )
+        except RequestRejected as exc:
+            goal_handle.abort()
+            result_msg.success, result_msg.error = False, str(exc)
+            return result_msg
+        with self._goals_lock:
+            self._active_goals[key] = job
+        try:
+            if goal_handle.is_cancel_requested:
+                job.cancel()
+            while not (job.done and feedback_queue.empty()):
+                if goal_handle.is_cancel_requested:
+                    job.cancel()
+                self._send_feedback(goal_handle, feedback_queue)
+        finally:
+            with self._goals_lock:
+                self._active_goals.pop(key, None)
+        result = job.result
+        fill_chat_response(result_msg, result)
+        if result.cancelled and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif result.success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return result_msg
+
+    @staticmethod
+    def _send_feedback(goal_handle, feedback_queue: queue.SimpleQueue) -> None:
+        try:
+            delta, partial, tokens = feedback_queue.get(timeout=FEEDBACK_POLL_S)
+        except queue.Empty:
+            return
+        # Coalesce whatever else is already waiting so feedback never falls behind.
+        while True:
+            try:
+                more, partial, tokens = feedback_queue.get_nowait()
+                delta += more
+            except queue.Empty:
+                break
+        goal_handle.publish_feedback(Converse.Feedback(delta=delta, partial=partial, tokens=tokens))
+
+    def _on_utterance(self, msg: Utterance) -> None:
+        if not msg.is_final:
+            return
+        request = ChatRequest(
+            text=msg.text,
+            session_id=msg.session_id,
+            persona=msg.persona,
+            use_vision="auto",
+            max_tokens=self._params["chat.default_max_tokens"],
+            source=msg.source or "text",
+        )
+        try:
+            self.engine.submit(request)
+        except RequestRejected as exc:
+            self._utterances_dropped += 1
+            self.get_logger().warning(f"utterance not answered: {exc}")
+
+    # -------------------------------------------------------------- publishing
+    def _publish_chunk(self, job: ChatJob, delta: str, _partial: str, tokens: int) -> None:
+        self._stream_pub.publish(
+            ResponseChunk(
+                stamp=stamp_from_wall(),
+                session_id=job.request.session_id,
+                request_id=job.request_id,
+                seq=tokens - 1,
+                text=delta,
+                is_final=False,
+                source="llm",
+            )
+        )
+
+    def _publish_final(self, job: ChatJob) -> None:
+        result = job.result
+        if result is None or not (result.success or result.cancelled):
+            return
+        self._stream_pub.publish(
+            ResponseChunk(
+                stamp=stamp_from_wall(),
+                session_id=job.request.session_id,
+                request_id=job.request_id,
+                seq=result.tokens,
+                text="",
+                is_final=True,
+                source=result.source,
+            )
+        )
+        self._response_pub.publish(
+            Turn(
+                stamp=stamp_from_wall(),
+                session_id=result.session_id,
+                request_id=result.request_id,
+                role=Turn.ROLE_ASSISTANT,
+                text=result.reply,
+                source=result.source,
+                persona=result.persona,
+                ttft_s=float(result.ttft_s),
+                latency_s=float(result.latency_s),
+                tokens=result.tokens,
+                scene_used=result.scene_used,
+                cancelled=result.cancelled,
+            )
+        )
+
+    def _publish_diagnostics(self) -> None:
+        state = self.engine.state
+        if state is EngineState.READY and not self._announced_ready:
+            self._announced_ready = True
+            self.get_logger().info(f"ready: {self.engine.state_detail}")
+        elif state is EngineState.FAILED and not self._announced_ready:
+            self._announced_ready = True
+            self.get_logger().error(f"language model failed: {self.engine.state_detail}")
+        level = {
+            EngineState.READY: DiagnosticStatus.OK,
+            EngineState.LOADING: DiagnosticStatus.WARN,
+        }.get(state, DiagnosticStatus.ERROR)
+        stats = self.engine.stats
+        values = {
+            "state": state.value,
+            "detail": self.engine.state_detail,
+            "model": self._model_path.name,
+            "busy": str(self.engine.busy),
+            "pending": str(self.engine.pending),
+            "served": str(stats.served),
+            "cancelled": str(stats.cancelled),
+            "failed": str(stats.failed),
+            "rejected": str(stats.rejected),
+            "utterances_dropped": str(self._utterances_dropped),
+            "last_ttft_s": f"{stats.last_ttft_s:.3f}",
+            "last_tokens_per_s": f"{stats.last_tokens_per_s:.1f}",
+        }
+        status = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_fully_qualified_name()}: language model",
+            message=state.value,
+            hardware_id=self._model_path.name,
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(array)
+
+    def close(self) -> None:
+        """Stop the engine: cancels the current answer and fails queued requests."""
+        self.engine.stop()
+
+
+def main() -> None:
+    run_node(FusionNode)
+
+
+if __name__ == "__main__":
+    main()

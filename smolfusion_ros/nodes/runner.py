@@ -1,0 +1,52 @@
+"""The short main() every node shares: init, build, spin multi-threaded, shut down cleanly."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+from smolfusion_ros.nodes.parameters import ConfigError
+
+# Waiting service calls and action goals each hold an executor thread (the model work itself
+# runs on the engine's thread), so the pool is larger than the core count.
+EXECUTOR_THREADS = 16
+
+
+def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = None) -> int:
+    """Build the nodes, spin them in one MultiThreadedExecutor and return an exit code."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    nodes: list[Node] = []
+    try:
+        for factory in factories:
+            nodes.append(factory())
+    except ConfigError as exc:
+        # One clear line, not a traceback: the operator fixes a parameter or installs a model.
+        print(f"[smolfusion_ros] configuration error: {exc}", file=sys.stderr, flush=True)
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    for node in nodes:
+        executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        for node in nodes:
+            close = getattr(node, "close", None)
+            if close:
+                close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+def run_node(factory: Callable[[], Node]) -> None:
+    sys.exit(run_nodes([factory]))
