@@ -32,10 +32,19 @@ class ClientError(RuntimeError):
 
 
 def _wait_future(future, timeout: float, what: str):
+    """Block the calling (non-executor) thread until `future` is done.
+
+    future.done() is polled as well: a done-callback added after the result arrived is run as
+    an executor task, which may wait until some unrelated event wakes the executor.
+    """
     done = threading.Event()
     future.add_done_callback(lambda _f: done.set())
-    if not done.wait(timeout):
-        raise ClientError(f"{what}: no answer within {timeout} s")
+    deadline = time.monotonic() + timeout
+    while not future.done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ClientError(f"{what}: no answer within {timeout} s")
+        done.wait(min(remaining, 0.002))
     return future.result()
 
 
