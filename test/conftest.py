@@ -21,7 +21,7 @@ import pytest
 
 # Before anything imports rclpy: isolate this run from other ROS graphs on the machine.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(110, 200)))
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 99)))
 
 REPO = Path(__file__).resolve().parent.parent
 # Tests exercise the package as installed into the venv (with its generated interfaces), never
@@ -33,8 +33,14 @@ CPU_DEMO_PARAMS = REPO / "config" / "cpu_demo.yaml"
 class NodeProcess:
     """A node executable running as its own process, as it would on the robot."""
 
-    def __init__(self, module: str, namespace: str, params: dict | None = None,
-                 params_file: Path | None = CPU_DEMO_PARAMS, name: str = "") -> None:
+    def __init__(
+        self,
+        module: str,
+        namespace: str,
+        params: dict | None = None,
+        params_file: Path | None = CPU_DEMO_PARAMS,
+        name: str = "",
+    ) -> None:
         args = [sys.executable, "-m", module, "--ros-args", "-r", f"__ns:={namespace}"]
         if params_file is not None:
             args += ["--params-file", str(params_file)]
@@ -42,9 +48,14 @@ class NodeProcess:
             args += ["-p", f"{key}:={value}"]
         self.namespace = namespace
         self.log_lines: list[str] = []
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=os.environ.copy(),
-                                     cwd=tempfile.gettempdir())
+        self.proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=os.environ.copy(),
+            cwd=tempfile.gettempdir(),
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 

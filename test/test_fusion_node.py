@@ -30,8 +30,7 @@ def fusion(module_ros_node):
 
 def test_chat_answers_with_smollm2(fusion):
     process, client = fusion
-    response = client.chat("What is the capital of France?", session_id="capital",
-                           max_tokens=48)
+    response = client.chat("What is the capital of France?", session_id="capital", max_tokens=48)
     assert response.success, response.error
     assert response.reply.strip()
     assert response.source == "llm"
@@ -43,8 +42,12 @@ def test_chat_answers_with_smollm2(fusion):
 def test_converse_streams_feedback_that_adds_up_to_the_reply(fusion):
     _process, client = fusion
     feedback = []
-    handle = client.converse("Describe a sunny day at the beach.", session_id="stream",
-                             max_tokens=64, on_feedback=feedback.append)
+    handle = client.converse(
+        "Describe a sunny day at the beach.",
+        session_id="stream",
+        max_tokens=64,
+        on_feedback=feedback.append,
+    )
     result = handle.result(60)
     assert result.success, result.error
     assert len(feedback) >= 2, "the answer should arrive in several pieces"
@@ -57,8 +60,12 @@ def test_converse_streams_feedback_that_adds_up_to_the_reply(fusion):
 def test_cancel_stops_the_answer_within_200_ms(fusion):
     _process, client = fusion
     feedback = []
-    handle = client.converse("Write a very long story about a robot who learns to paint.",
-                             session_id="cancel", max_tokens=1000, on_feedback=feedback.append)
+    handle = client.converse(
+        "Write a very long story about a robot who learns to paint.",
+        session_id="cancel",
+        max_tokens=1000,
+        on_feedback=feedback.append,
+    )
     assert wait_for(lambda: len(feedback) >= 3, 30), "no streamed tokens before cancel"
     cancel_sent = time.monotonic()
     handle.cancel()
@@ -123,9 +130,12 @@ def test_a_second_request_is_accepted_while_a_long_answer_streams(fusion, ros_no
 
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     streamed = []
-    long_answer = client.converse("Tell me everything you know about the ocean.",
-                                  session_id="long", max_tokens=400,
-                                  on_feedback=streamed.append)
+    long_answer = client.converse(
+        "Tell me everything you know about the ocean.",
+        session_id="long",
+        max_tokens=400,
+        on_feedback=streamed.append,
+    )
     assert wait_for(lambda: len(streamed) >= 2, 30)
     short = client.chat("Say yes.", session_id="short", max_tokens=4, timeout=60)
     assert short.success, short.error
@@ -144,8 +154,12 @@ def test_overload_is_rejected_with_a_clear_error(ros_node, start_node):
     client = make_client(ros_node, namespace)
     client.wait_until_ready(60)
     streamed = []
-    long_answer = client.converse("Write a long poem about the moon.", session_id="long",
-                                  max_tokens=600, on_feedback=streamed.append)
+    long_answer = client.converse(
+        "Write a long poem about the moon.",
+        session_id="long",
+        max_tokens=600,
+        on_feedback=streamed.append,
+    )
     assert wait_for(lambda: len(streamed) >= 2, 30)
     results = [None] * 3
 
@@ -174,15 +188,13 @@ def test_text_input_node_to_response(ros_node, start_node):
     node = ros_node
     namespace = unique_namespace("textin")
     start_node(FUSION, namespace, params=GREEDY)
-    start_node("smolfusion_ros.nodes.text_input_node", namespace,
-               params={"session_id": "typed"})
+    start_node("smolfusion_ros.nodes.text_input_node", namespace, params={"session_id": "typed"})
     client = make_client(ros_node, namespace)
     client.wait_until_ready(60)
     turns, chunks = [], []
     subscriptions = [
         node.create_subscription(Turn, f"{namespace}/response", turns.append, 10),
-        node.create_subscription(ResponseChunk, f"{namespace}/response_stream", chunks.append,
-                                 100),
+        node.create_subscription(ResponseChunk, f"{namespace}/response_stream", chunks.append, 100),
     ]
     publisher = node.create_publisher(String, f"{namespace}/text_in", 10)
     assert wait_for(lambda: publisher.get_subscription_count() > 0, 10)

@@ -1,0 +1,590 @@
+"""Latency of one answer through the fusion node versus llama-cpp-python called directly.
+
+Both paths run in ONE process run on the same machine, with the same GGUF model, the same
+messages (persona system prompt + one user question, no history), the same llama.cpp settings
+(n_ctx, n_threads, n_batch, top_p, top_k, repeat_penalty) and greedy decoding (temperature 0,
+fixed seed), so both produce the same tokens; the token counts are printed to show it.
+
+Paths measured, all timed in this (client) process with time.monotonic():
+
+* direct      - ``Llama.create_chat_completion(..., stream=True)`` in this process, exactly as
+                the node's llama.cpp back end calls it; first token = first content delta.
+* ROS action  - ``converse`` goal through SmolFusionClient; first token = first feedback
+                message, total = until the result has arrived (goal sent -> result).
+* ROS service - ``chat`` service round trip through SmolFusionClient (total only; the node's
+                own ttft_s / latency_s from the response are reported alongside).
+
+The node (``smolfusion_ros.nodes.fusion_node``) runs as a subprocess with
+``--params-file config/cpu_demo.yaml`` and the llm.* settings overridden to match the direct
+baseline, on an isolated ROS domain (random ROS_DOMAIN_ID, discovery limited to localhost).
+
+Measurements are interleaved against drift. Each repetition answers two questions on both
+paths: question A direct and through the action, question B direct and through the service
+(which of direct / ROS goes first alternates per repetition). Both models therefore see the
+same sequence of prompts, so llama.cpp's prompt-prefix cache is in the same state for the
+paired calls. Every ROS call uses a new session id, so no history accumulates. The first
+``--warmup`` repetitions (default 2) are discarded. Only one model generates at a time; an
+idle model costs no CPU. On a 2-core machine llama.cpp slows down 10-100x when any other
+process computes, so before each call the bench waits (up to ``--quiet-timeout`` s) until
+other processes use < 10 % of the CPUs, and it counts the samples disturbed anyway.
+
+Ratios (medians): total_ratio = ROS service total / direct total (target <= 1.10);
+ttft_ratio = ROS action first token / direct first token (target <= 1.25). Raw samples and
+summary go to bench/results/chat_latency.json; the node's log to bench/results/.
+
+Run from the repository root (after ./scripts/bootstrap.sh):
+
+    .venv/bin/python bench/bench_chat_latency.py                  # 10 repetitions
+    .venv/bin/python bench/bench_chat_latency.py --reps 20 --max-tokens 128 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+PROMPTS = (
+    "What is the capital of France?",
+    "Tell me something about robots.",
+    "How do I make tea?",
+)
+SEED = 42
+TOTAL_TARGET = 1.10
+TTFT_TARGET = 1.25
+QUIET_THRESHOLD = 0.10  # wait before each call until others use < 10 % of all CPUs
+DISTURBED = 0.15  # a sample during which others used more than this is "disturbed"
+
+
+@dataclass
+class Sample:
+    path: str
+    rep: int
+    prompt: str
+    ttft_s: float | None  # client-side first token (None: not observable on this path)
+    total_s: float  # client-side total
+    tokens: int
+    reply: str
+    server_ttft_s: float | None = None
+    server_latency_s: float | None = None
+    foreign_cpu: float = 0.0  # share of all CPUs used by other processes meanwhile (0..1)
+
+
+# ------------------------------------------------------------------- CPU monitor
+class CpuMonitor:
+    """How much of the machine processes other than the bench and its node are using.
+
+    On a 2-core machine llama.cpp's threads collapse when anything else runs (answers take
+    10-100x longer), so before each call the bench waits for a quiet machine, and every
+    sample records the foreign CPU share during it; disturbed samples are counted.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+
+    def snapshot(self) -> tuple[int, int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        total = sum(fields[:8])  # user..steal; guest time is already inside user
+        busy = total - fields[3] - fields[4]  # minus idle and iowait
+        ours = 0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read().rsplit(")", 1)[1].split()
+                ours += int(stat[11]) + int(stat[12])  # utime + stime, all threads
+            except (OSError, IndexError):
+                pass
+        return total, busy, ours
+
+    @staticmethod
+    def foreign(before: tuple[int, int, int], after: tuple[int, int, int]) -> float:
+        total = after[0] - before[0]
+        if total <= 0:
+            return 0.0
+        return max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / total
+
+    def wait_quiet(self, threshold: float, timeout: float, window: float = 0.5) -> float:
+        """Wait until others use less than `threshold` of the CPUs; returns seconds waited."""
+        start = time.monotonic()
+        while True:
+            before = self.snapshot()
+            time.sleep(window)
+            if self.foreign(before, self.snapshot()) < threshold:
+                return time.monotonic() - start - window
+            if time.monotonic() - start > timeout:
+                return time.monotonic() - start
+
+
+# --------------------------------------------------------------------------- setup
+def isolate_ros_environment() -> dict[str, str]:
+    """Private ROS domain on localhost; must run before rclpy is imported."""
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ["ROS_DOMAIN_ID"] = str(random.randint(100, 200))
+    os.environ.pop("ROS_STATIC_PEERS", None)
+    os.environ.pop("ROS_LOCALHOST_ONLY", None)
+    return dict(os.environ)
+
+
+def params_file() -> Path:
+    checkout = ROOT / "config" / "cpu_demo.yaml"
+    if checkout.is_file():
+        return checkout
+    from smolfusion_ros.paths import config_path
+
+    return config_path("cpu_demo.yaml")
+
+
+def llm_settings(args: argparse.Namespace, yaml_path: Path) -> dict:
+    """llm.* from the demo profile, with greedy decoding and the command-line overrides."""
+    import yaml
+
+    with open(yaml_path) as f:
+        llm = dict(yaml.safe_load(f)["fusion_node"]["ros__parameters"]["llm"])
+    llm.update(model=args.model, n_threads=args.threads, temperature=0.0, seed=SEED)
+    llm["model_path"] = ""
+    llm["n_gpu_layers"] = 0
+    return llm
+
+
+def start_node(llm: dict, yaml_path: Path, env: dict, log_path: Path) -> subprocess.Popen:
+    overrides = [
+        "llm.model",
+        "llm.n_ctx",
+        "llm.n_threads",
+        "llm.n_batch",
+        "llm.n_gpu_layers",
+        "llm.temperature",
+        "llm.top_p",
+        "llm.top_k",
+        "llm.repeat_penalty",
+        "llm.seed",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "smolfusion_ros.nodes.fusion_node",
+        "--ros-args",
+        "--params-file",
+        str(yaml_path),
+    ]
+    for name in overrides:
+        value = llm[name.split(".", 1)[1]]
+        if isinstance(value, float):
+            value = repr(float(value))
+        cmd += ["-p", f"{name}:={value}"]
+    log_path.write_text(" ".join(cmd) + "\n")
+    # Not the checkout root as cwd: `-m` would import the source tree, which lacks the
+    # generated interfaces, instead of the package installed in the venv.
+    with open(log_path, "a") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            cmd, env=env, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_node(client, proc: subprocess.Popen, log_path: Path, timeout: float = 90.0) -> None:
+    from smolfusion_ros.client import ClientError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(
+                f"fusion node exited with {proc.returncode}; log:\n" + log_path.read_text()[-3000:]
+            )
+        try:
+            client.wait_for_servers(timeout=1.0)
+            break
+        except ClientError:
+            if time.monotonic() > deadline:
+                raise
+    client.wait_until_ready(max(5.0, deadline - time.monotonic()))
+
+
+# ---------------------------------------------------------------------- one answer
+def direct_answer(
+    llm, messages: list[dict], settings: dict, max_tokens: int, rep: int, prompt: str
+) -> Sample:
+    """What LlamaCppChatBackend.stream_chat does, timed from the call to the last delta."""
+    parts: list[str] = []
+    first = None
+    start = time.monotonic()
+    stream = llm.create_chat_completion(
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=settings["temperature"],
+        top_p=settings["top_p"],
+        top_k=settings["top_k"],
+        repeat_penalty=settings["repeat_penalty"],
+        stream=True,
+        seed=settings["seed"],
+    )
+    try:
+        for chunk in stream:
+            delta = chunk["choices"][0]["delta"].get("content")
+            if delta:
+                if first is None:
+                    first = time.monotonic()
+                parts.append(delta)
+    finally:
+        stream.close()
+    end = time.monotonic()
+    return Sample(
+        "direct",
+        rep,
+        prompt,
+        (first or end) - start,
+        end - start,
+        len(parts),
+        "".join(parts).strip(),
+    )
+
+
+def ros_action_answer(client, text: str, session_id: str, max_tokens: int, rep: int) -> Sample:
+    feedback_at: list[float] = []
+    start = time.monotonic()
+    handle = client.converse(
+        text,
+        session_id=session_id,
+        max_tokens=max_tokens,
+        on_feedback=lambda _fb: feedback_at.append(time.monotonic()),
+    )
+    result = handle.result(timeout=120.0)
+    end = time.monotonic()
+    if not result.success:
+        raise RuntimeError(f"converse failed: {result.error}")
+    first = min(feedback_at) if feedback_at else end
+    return Sample(
+        "ros_action",
+        rep,
+        text,
+        first - start,
+        end - start,
+        result.tokens,
+        result.reply,
+        result.ttft_s,
+        result.latency_s,
+    )
+
+
+def ros_service_answer(client, text: str, session_id: str, max_tokens: int, rep: int) -> Sample:
+    start = time.monotonic()
+    response = client.chat(text, session_id=session_id, max_tokens=max_tokens, timeout=120.0)
+    end = time.monotonic()
+    if not response.success:
+        raise RuntimeError(f"chat failed: {response.error}")
+    return Sample(
+        "ros_service",
+        rep,
+        text,
+        None,
+        end - start,
+        response.tokens,
+        response.reply,
+        response.ttft_s,
+        response.latency_s,
+    )
+
+
+# ------------------------------------------------------------------------- report
+def median(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+def summarise(samples: list[Sample]) -> dict:
+    return {
+        "n": len(samples),
+        "ttft_s": median([s.ttft_s for s in samples]),
+        "total_s": median([s.total_s for s in samples]),
+        "server_ttft_s": median([s.server_ttft_s for s in samples]),
+        "server_latency_s": median([s.server_latency_s for s in samples]),
+        "tokens": median([s.tokens for s in samples]),
+    }
+
+
+def print_table(rows: list[tuple[str, dict]]) -> None:
+    header = (
+        f"{'path':<34}{'n':>4}{'TTFT ms':>10}{'total ms':>10}"
+        f"{'node TTFT':>11}{'node total':>12}{'tokens':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for label, s in rows:
+        tokens = "-" if s["tokens"] is None else f"{s['tokens']:g}"
+        print(
+            f"{label:<34}{s['n']:>4}{ms(s['ttft_s']):>10}{ms(s['total_s']):>10}"
+            f"{ms(s['server_ttft_s']):>11}{ms(s['server_latency_s']):>12}{tokens:>8}"
+        )
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or not den else num / den
+
+
+# --------------------------------------------------------------------------- main
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=10, help="measured repetitions (default 10)")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="discarded repetitions before measuring (default 2)"
+    )
+    parser.add_argument("--max-tokens", type=int, default=64, help="answer length (default 64)")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help="model id from the catalogue (default smollm2-135m-instruct)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="llama.cpp threads for both paths (default 2)"
+    )
+    parser.add_argument(
+        "--quiet-timeout",
+        type=float,
+        default=60.0,
+        help="longest wait for a quiet machine before each call, s (default 60)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=RESULTS_DIR / "chat_latency.json",
+        help="JSON results file (default bench/results/chat_latency.json)",
+    )
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    env = isolate_ros_environment()
+
+    from llama_cpp import Llama
+
+    from smolfusion_ros.catalogue import resolve_model
+    from smolfusion_ros.client import SmolFusionClient
+    from smolfusion_ros.core.personas import load_personas
+    from smolfusion_ros.paths import config_path
+
+    yaml_path = params_file()
+    settings = llm_settings(args, yaml_path)
+    model_path = resolve_model(args.model)
+    system_prompt = load_personas(config_path("personas.yaml")).get("").render_system_prompt()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    log_path = RESULTS_DIR / "chat_latency_fusion_node.log"
+
+    print(
+        f"model {model_path.name}, threads={settings['n_threads']}, n_ctx={settings['n_ctx']}, "
+        f"n_batch={settings['n_batch']}, temperature=0, seed={SEED}, "
+        f"max_tokens={args.max_tokens}, reps={args.reps} (+{args.warmup} warm-up), "
+        f"ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, cpus={os.cpu_count()}"
+    )
+
+    proc = start_node(settings, yaml_path, env, log_path)
+    llm = client = None
+    samples: list[Sample] = []
+    waited = 0.0
+    try:
+        # The direct model loads while the node loads its own.
+        llm = Llama(
+            model_path=str(model_path),
+            n_ctx=settings["n_ctx"],
+            n_threads=settings["n_threads"],
+            n_threads_batch=settings["n_threads"],
+            n_batch=settings["n_batch"],
+            n_gpu_layers=0,
+            verbose=False,
+        )
+        client = SmolFusionClient()
+        wait_for_node(client, proc, log_path)
+        monitor = CpuMonitor([os.getpid(), proc.pid])
+
+        for rep in range(args.warmup + args.reps):
+            prompt_a = PROMPTS[(2 * rep) % len(PROMPTS)]
+            prompt_b = PROMPTS[(2 * rep + 1) % len(PROMPTS)]
+            label = rep - args.warmup  # negative = warm-up
+
+            def direct(prompt: str, label: int = label) -> Sample:
+                messages = [
+                    {"role": "system", "content": system_prompt},
+                    {"role": "user", "content": prompt},
+                ]
+                return direct_answer(llm, messages, settings, args.max_tokens, label, prompt)
+
+            def action(prompt: str, label: int = label, rep: int = rep) -> Sample:
+                return ros_action_answer(
+                    client, prompt, f"bench-{rep}-action", args.max_tokens, label
+                )
+
+            def service(prompt: str, label: int = label, rep: int = rep) -> Sample:
+                return ros_service_answer(
+                    client, prompt, f"bench-{rep}-service", args.max_tokens, label
+                )
+
+            direct_first = rep % 2 == 0
+            for prompt, ros_call, pair in (
+                (prompt_a, action, "direct_vs_action"),
+                (prompt_b, service, "direct_vs_service"),
+            ):
+                calls = (direct, ros_call) if direct_first else (ros_call, direct)
+                for call in calls:
+                    waited += monitor.wait_quiet(QUIET_THRESHOLD, args.quiet_timeout)
+                    before = monitor.snapshot()
+                    sample = call(prompt)
+                    sample.foreign_cpu = monitor.foreign(before, monitor.snapshot())
+                    if sample.path == "direct":
+                        sample.path = pair
+                    samples.append(sample)
+    finally:
+        if client is not None:
+            client.close()
+        stop_node(proc)
+        if llm is not None:
+            llm.close()
+
+    measured = [s for s in samples if s.rep >= 0]
+
+    def by_path(path: str) -> list[Sample]:
+        return [s for s in measured if s.path == path]
+
+    direct_action, direct_service = by_path("direct_vs_action"), by_path("direct_vs_service")
+    action, service = by_path("ros_action"), by_path("ros_service")
+    summary = {
+        "direct": summarise(direct_action + direct_service),
+        "direct_vs_action": summarise(direct_action),
+        "direct_vs_service": summarise(direct_service),
+        "ros_action": summarise(action),
+        "ros_service": summarise(service),
+    }
+    ratios = {
+        "total_ratio": ratio(
+            summary["ros_service"]["total_s"], summary["direct_vs_service"]["total_s"]
+        ),
+        "ttft_ratio": ratio(summary["ros_action"]["ttft_s"], summary["direct_vs_action"]["ttft_s"]),
+        "action_total_ratio": ratio(
+            summary["ros_action"]["total_s"], summary["direct_vs_action"]["total_s"]
+        ),
+    }
+    # Same tokens? Pair each ROS answer with the direct answer to the same prompt and rep.
+    pairs = [*zip(direct_action, action, strict=True), *zip(direct_service, service, strict=True)]
+    token_match = sum(d.tokens == r.tokens for d, r in pairs)
+    text_match = sum(d.reply == r.reply for d, r in pairs)
+    # Per-pair ratios (same prompt, same repetition, back to back): robust against drift.
+    paired = {
+        "total_ratio": median(
+            [ratio(r.total_s, d.total_s) for d, r in zip(direct_service, service, strict=True)]
+        ),
+        "ttft_ratio": median(
+            [ratio(r.ttft_s, d.ttft_s) for d, r in zip(direct_action, action, strict=True)]
+        ),
+        "action_total_ratio": median(
+            [ratio(r.total_s, d.total_s) for d, r in zip(direct_action, action, strict=True)]
+        ),
+    }
+    disturbed = sum(s.foreign_cpu > DISTURBED for s in measured)
+
+    print()
+    print_table(
+        [
+            ("direct llama.cpp (all)", summary["direct"]),
+            ("  direct, same prompts as action", summary["direct_vs_action"]),
+            ("  direct, same prompts as service", summary["direct_vs_service"]),
+            ("ROS converse action", summary["ros_action"]),
+            ("ROS chat service", summary["ros_service"]),
+        ]
+    )
+    print("(TTFT/total: client side; node TTFT/total: measured inside the node's engine)")
+    print()
+    print(f"tokens per answer  direct/action : {[s.tokens for s in direct_action]}")
+    print(f"                   ROS action    : {[s.tokens for s in action]}")
+    print(f"                   direct/service: {[s.tokens for s in direct_service]}")
+    print(f"                   ROS service   : {[s.tokens for s in service]}")
+    print(f"same token count: {token_match}/{len(pairs)}, same text: {text_match}/{len(pairs)}")
+    print()
+
+    def verdict(value: float | None, target: float) -> str:
+        if value is None:
+            return "n/a"
+        return f"{value:.3f} (target <= {target:.2f}: {'OK' if value <= target else 'ABOVE'})"
+
+    print(f"total ros_service/direct : {verdict(ratios['total_ratio'], TOTAL_TARGET)}")
+    print(f"TTFT  ros_action/direct  : {verdict(ratios['ttft_ratio'], TTFT_TARGET)}")
+    print(f"total ros_action/direct  : {verdict(ratios['action_total_ratio'], TOTAL_TARGET)}")
+    print(
+        "median of per-pair ratios: "
+        + ", ".join(f"{k}={'n/a' if v is None else f'{v:.3f}'}" for k, v in paired.items())
+    )
+    print(
+        f"samples disturbed by other processes (> {DISTURBED:.0%} of the CPUs): "
+        f"{disturbed}/{len(measured)}; max foreign CPU "
+        f"{max((s.foreign_cpu for s in measured), default=0.0):.0%}; "
+        f"waited {waited:.1f} s in total for a quiet machine"
+    )
+
+    report = {
+        "benchmark": "chat_latency",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg(),
+        },
+        "config": {
+            "model": args.model,
+            "model_file": model_path.name,
+            "max_tokens": args.max_tokens,
+            "reps": args.reps,
+            "warmup": args.warmup,
+            "llm": settings,
+            "prompts": list(PROMPTS),
+            "ros_domain_id": int(env["ROS_DOMAIN_ID"]),
+        },
+        "medians": summary,
+        "ratios": ratios,
+        "paired_ratios": paired,
+        "disturbed_samples": f"{disturbed}/{len(measured)}",
+        "quiet_wait_s": waited,
+        "targets": {"total_ratio": TOTAL_TARGET, "ttft_ratio": TTFT_TARGET},
+        "same_tokens": f"{token_match}/{len(pairs)}",
+        "same_text": f"{text_match}/{len(pairs)}",
+        "samples": [asdict(s) for s in samples],
+    }
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {args.output}")
+
+    def fmt(value: float | None) -> str:
+        return "nan" if value is None else f"{value:.2f}"
+
+    print(
+        f"RESULT total_ratio={fmt(ratios['total_ratio'])} ttft_ratio={fmt(ratios['ttft_ratio'])}"
+        f" disturbed={disturbed}/{len(measured)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

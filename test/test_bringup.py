@@ -1,0 +1,61 @@
+"""The main job: the cpu_demo profile in one process with its console, run as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+
+import pytest
+from conftest import unique_namespace
+
+pytestmark = [pytest.mark.ros, pytest.mark.model]
+
+
+def _bringup(*args: str, stdin: str | None = None, timeout: float = 120):
+    ros_args = ["--ros-args", "-r", f"__ns:={unique_namespace('bringup')}"]
+    if "--ros-args" in args:
+        split = args.index("--ros-args")
+        args, ros_args = args[:split], ros_args + list(args[split + 1 :])
+    return subprocess.run(
+        [sys.executable, "-m", "smolfusion_ros.bringup", *args, *ros_args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tempfile.gettempdir(),
+    )
+
+
+def test_scripted_questions_get_streamed_answers_with_timings():
+    run = _bringup(
+        "--ask",
+        "Hello! Who are you?",
+        "--ask",
+        "What can you do?",
+        "--max-tokens",
+        "40",
+        "--ros-args",
+        "-p",
+        "fusion_node:llm.seed:=5",
+    )
+    assert run.returncode == 0, run.stderr
+    assert "profile cpu_demo: fusion_node, text_input_node" in run.stdout
+    assert run.stdout.count("robot> ") == 2
+    assert run.stdout.count("first token") == 2
+    assert "tokens/s" in run.stdout
+
+
+def test_questions_piped_on_stdin_are_answered_in_order():
+    run = _bringup("--max-tokens", "16", stdin="First question?\n\n/session other\nSecond?\n")
+    assert run.returncode == 0, run.stderr
+    first, second = run.stdout.index("you> First question?"), run.stdout.index("you> Second?")
+    assert first < run.stdout.index("[session other", first) < second
+    assert run.stdout.count("robot> ") == 2
+
+
+def test_unknown_profile_fails_with_one_line():
+    run = _bringup("--profile", "mars", timeout=30)
+    assert run.returncode == 2
+    assert "unknown profile 'mars'" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -1,0 +1,207 @@
+"""The chat engine with the real SmolLM2 model through llama.cpp, without ROS."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from smolfusion_ros.backends.llm.llama_cpp_backend import LlamaCppChatBackend
+from smolfusion_ros.catalogue import resolve_model
+from smolfusion_ros.core.chat_engine import ChatEngine, EngineSettings, EngineState
+from smolfusion_ros.core.personas import load_personas
+from smolfusion_ros.core.requests import ChatRequest, RequestRejected
+from smolfusion_ros.paths import config_path
+
+pytestmark = pytest.mark.model
+
+MODEL = resolve_model("smollm2-135m-instruct")
+PERSONAS = load_personas(config_path("personas.yaml"))
+
+
+class RecordingBackend(LlamaCppChatBackend):
+    """The real llama.cpp back end, remembering the messages of each prompt it was given."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.prompts: list[list[dict]] = []
+
+    def stream_chat(self, messages, settings, cancel):
+        self.prompts.append([dict(m) for m in messages])
+        yield from super().stream_chat(messages, settings, cancel)
+
+
+class GatedLoadBackend(LlamaCppChatBackend):
+    """Stand-in for a slow load: the real back end, whose load() waits for a gate first.
+
+    SmolLM2 loads in about 0.15 s, too fast to hit the loading window reliably.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+
+    def load(self) -> None:
+        self.gate.wait(30)
+        super().load()
+
+
+def _engine(backend=None, **settings) -> ChatEngine:
+    backend = backend or RecordingBackend(MODEL, n_ctx=1024, n_threads=2)
+    engine = ChatEngine(
+        backend, PERSONAS, settings=EngineSettings(temperature=0.0, seed=3, **settings)
+    )
+    engine.start()
+    return engine
+
+
+def _wait_ready(engine: ChatEngine, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while engine.state is EngineState.LOADING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.state is EngineState.READY, engine.state_detail
+
+
+@pytest.fixture(scope="module")
+def engine():
+    engine = _engine()
+    _wait_ready(engine)
+    yield engine
+    engine.stop()
+
+
+def ask(engine, text, session, max_tokens=24):
+    result = engine.submit(ChatRequest(text=text, session_id=session, max_tokens=max_tokens)).wait(
+        60
+    )
+    assert result is not None and result.success, result
+    return result
+
+
+def test_two_sessions_keep_separate_histories(engine):
+    backend = engine.backend
+    ask(engine, "My name is Alice.", "alice")
+    ask(engine, "My name is Bob.", "bob")
+    ask(engine, "What is my name?", "alice")
+    alice_prompt = backend.prompts[-1]
+    contents = [m["content"] for m in alice_prompt]
+    assert "My name is Alice." in contents
+    assert "My name is Bob." not in contents
+    assert contents[-1] == "What is my name?"
+    assert [m["role"] for m in alice_prompt] == ["system", "user", "assistant", "user"]
+    ask(engine, "What is my name?", "bob")
+    bob_contents = [m["content"] for m in backend.prompts[-1]]
+    assert "My name is Bob." in bob_contents and "My name is Alice." not in bob_contents
+    assert [t.text for t in engine.sessions.history("alice")][0::2] == [
+        "My name is Alice.",
+        "What is my name?",
+    ]
+
+
+def test_persona_changes_the_system_prompt(engine):
+    ask(engine, "Hello.", "persona-test")
+    default_system = engine.backend.prompts[-1][0]["content"]
+    engine.submit(
+        ChatRequest(text="Hello.", session_id="persona-guide", persona="guide", max_tokens=8)
+    ).wait(60)
+    guide_system = engine.backend.prompts[-1][0]["content"]
+    assert default_system.startswith("You are Smol")
+    assert guide_system.startswith("You are a museum guide")
+
+
+def test_tokens_stream_to_the_listener_in_order(engine):
+    seen = []
+    job = engine.submit(
+        ChatRequest(text="Count from one to five.", session_id="count", max_tokens=32),
+        listener=lambda _job, delta, partial, n: seen.append((delta, partial, n)),
+    )
+    result = job.wait(60)
+    assert result.success
+    assert (
+        [n for *_, n in seen] == list(range(1, len(seen) + 1)) == list(range(1, result.tokens + 1))
+    )
+    assert "".join(d for d, *_ in seen).strip() == result.reply
+    assert 0 < result.ttft_s < result.latency_s
+
+
+def test_a_queued_job_cancelled_before_it_starts_generates_nothing(engine):
+    started = threading.Event()
+    first = engine.submit(
+        ChatRequest(text="Tell a long story.", session_id="q1", max_tokens=200),
+        listener=lambda *_: started.set(),
+    )
+    second = engine.submit(ChatRequest(text="Hello?", session_id="q2", max_tokens=20))
+    second.cancel()
+    assert started.wait(30)
+    first.cancel()
+    assert first.wait(10).cancelled
+    result = second.wait(10)
+    assert result.cancelled and result.tokens == 0 and not result.success
+
+
+def test_overload_is_rejected_while_one_answer_runs():
+    engine = _engine(max_pending=1)
+    try:
+        _wait_ready(engine)
+        started = threading.Event()
+        running = engine.submit(
+            ChatRequest(text="Write a long poem.", session_id="a", max_tokens=300),
+            listener=lambda *_: started.set(),
+        )
+        assert started.wait(30)
+        queued = engine.submit(ChatRequest(text="Hi", session_id="b", max_tokens=4))
+        with pytest.raises(RequestRejected, match="busy"):
+            engine.submit(ChatRequest(text="Hi again", session_id="c", max_tokens=4))
+        running.cancel()
+        assert queued.wait(30).success
+        assert engine.stats.rejected == 1
+    finally:
+        engine.stop()
+
+
+def test_requests_while_loading_are_rejected_then_served():
+    backend = GatedLoadBackend(MODEL, n_ctx=512, n_threads=2)
+    engine = _engine(backend)
+    try:
+        with pytest.raises(RequestRejected, match="still loading"):
+            engine.submit(ChatRequest(text="Hello", max_tokens=4))
+        backend.gate.set()
+        _wait_ready(engine)
+        assert engine.submit(ChatRequest(text="Hello", max_tokens=4)).wait(30).success
+    finally:
+        backend.gate.set()
+        engine.stop()
+
+
+def test_a_model_that_fails_to_load_gives_a_clear_error(tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\x00" * 64)
+    engine = _engine(LlamaCppChatBackend(broken, n_ctx=256))
+    try:
+        deadline = time.monotonic() + 30
+        while engine.state is EngineState.LOADING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.state is EngineState.FAILED
+        with pytest.raises(RequestRejected, match="failed to load"):
+            engine.submit(ChatRequest(text="Hello", max_tokens=4))
+    finally:
+        engine.stop()
+
+
+def test_stop_fails_waiting_jobs_instead_of_leaving_them_hanging():
+    engine = _engine(max_pending=3)
+    _wait_ready(engine)
+    started = threading.Event()
+    running = engine.submit(
+        ChatRequest(text="Write a long story.", session_id="a", max_tokens=400),
+        listener=lambda *_: started.set(),
+    )
+    waiting = engine.submit(ChatRequest(text="Hi", session_id="b", max_tokens=4))
+    assert started.wait(30)
+    engine.stop()
+    assert running.wait(5).cancelled
+    result = waiting.wait(5)
+    assert result is not None and not result.success
+    with pytest.raises(RequestRejected, match="shutting down"):
+        engine.submit(ChatRequest(text="Hi", max_tokens=4))

