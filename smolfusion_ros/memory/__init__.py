@@ -1,0 +1,1 @@
+"""Persistent conversation memory (SQLite through sqlite-utils)."""

@@ -1,0 +1,312 @@
+"""MemoryStore: sessions, turns and summaries in one SQLite file, safe against kill -9.
+
+WAL journal and a commit per turn before `append_turn` returns: a turn that was acknowledged
+is on disk, whatever happens to the process afterwards. One connection serialised by a lock
+serves every thread of the process; other processes may open the same file (WAL allows
+concurrent readers beside one writer, and writers wait on `busy_timeout`).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+from smolfusion_ros.core.requests import RequestRejected, validate_session_id
+
+ROLES = ("user", "assistant", "system")
+SCHEMA_VERSION = 1
+
+
+class MemoryStoreError(RuntimeError):
+    """The database cannot be opened or written; the message names the file and the cause."""
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    turn_id: int
+    session_id: str
+    role: str
+    text: str
+    source: str
+    stamp: float
+    latency_s: float
+    persona: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session_id: str
+    persona: str
+    created: float
+    last_active: float
+    turn_count: int
+
+
+def _turn(row: dict) -> StoredTurn:
+    return StoredTurn(
+        turn_id=row["id"],
+        session_id=row["session_id"],
+        role=row["role"],
+        text=row["text"],
+        source=row["source"],
+        stamp=row["stamp"],
+        latency_s=row["latency_s"],
+        persona=row["persona"],
+        request_id=row["request_id"],
+    )
+
+
+class MemoryStore:
+    def __init__(
+        self, path: str | Path, *, max_turn_chars: int = 8000, synchronous: str = "FULL"
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self.max_turn_chars = max_turn_chars
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                str(self.path), check_same_thread=False, timeout=10.0, isolation_level=None
+            )
+            self.db = sqlite_utils.Database(conn)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            self._create_schema()
+        except (OSError, sqlite3.Error) as exc:
+            raise MemoryStoreError(f"cannot open memory database {self.path}: {exc}") from None
+
+    def _create_schema(self) -> None:
+        with self.db.atomic():
+            if "sessions" not in self.db.table_names():
+                self.db["sessions"].create(
+                    {
+                        "id": str,
+                        "persona": str,
+                        "created": float,
+                        "last_active": float,
+                        "turn_count": int,
+                    },
+                    pk="id",
+                )
+            if "turns" not in self.db.table_names():
+                self.db["turns"].create(
+                    {
+                        "id": int,
+                        "session_id": str,
+                        "role": str,
+                        "text": str,
+                        "source": str,
+                        "stamp": float,
+                        "latency_s": float,
+                        "persona": str,
+                        "request_id": str,
+                    },
+                    pk="id",
+                )
+                self.db["turns"].create_index(["session_id", "id"])
+            if "summaries" not in self.db.table_names():
+                self.db["summaries"].create(
+                    {"session_id": str, "text": str, "up_to_turn_id": int, "updated": float},
+                    pk="session_id",
+                )
+        if "turns_fts" not in self.db.table_names():
+            # Full-text search over past turns, kept in step by triggers.
+            self.db["turns"].enable_fts(["text"], create_triggers=True)
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # ------------------------------------------------------------------ writes
+    @contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE takes the write lock up front: a deferred transaction that upgrades
+        from read to write fails at once with "database is locked" when another process
+        wrote in between, instead of waiting for busy_timeout."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def append_turn(
+        self,
+        session_id: str,
+        role: str,
+        text: str,
+        *,
+        source: str = "",
+        stamp: float | None = None,
+        latency_s: float = 0.0,
+        persona: str = "",
+        request_id: str = "",
+    ) -> StoredTurn:
+        """Store one turn and commit it before returning. Raises RequestRejected on bad input."""
+        session_id = validate_session_id(session_id)
+        if role not in ROLES:
+            raise RequestRejected(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        if not text.strip():
+            raise RequestRejected("turn text is empty")
+        if len(text) > self.max_turn_chars:
+            raise RequestRejected(
+                f"turn text is {len(text)} characters long; the limit is {self.max_turn_chars}"
+            )
+        stamp = time.time() if stamp is None else stamp
+        record = {
+            "session_id": session_id,
+            "role": role,
+            "text": text,
+            "source": source,
+            "stamp": stamp,
+            "latency_s": float(latency_s),
+            "persona": persona,
+            "request_id": request_id,
+        }
+        with self._lock:
+            try:
+                with self._write_transaction():
+                    turn_id = self.db["turns"].insert(record).last_pk
+                    self.db.execute(
+                        "INSERT INTO sessions (id, persona, created, last_active, turn_count) "
+                        "VALUES (?, ?, ?, ?, 1) ON CONFLICT(id) DO UPDATE SET "
+                        "last_active = excluded.last_active, turn_count = turn_count + 1, "
+                        "persona = CASE WHEN excluded.persona != '' THEN excluded.persona "
+                        "ELSE persona END",
+                        [session_id, persona, stamp, stamp],
+                    )
+            except sqlite3.Error as exc:
+                raise MemoryStoreError(f"cannot write to {self.path}: {exc}") from None
+        return StoredTurn(turn_id=turn_id, **record)
+
+    def clear_session(self, session_id: str) -> int:
+        """Delete a session's turns and summary; returns the number of turns deleted."""
+        session_id = validate_session_id(session_id)
+        with self._lock, self._write_transaction():
+            deleted = self.db.execute(
+                "DELETE FROM turns WHERE session_id = ?", [session_id]
+            ).rowcount
+            self.db.execute("DELETE FROM sessions WHERE id = ?", [session_id])
+            self.db.execute("DELETE FROM summaries WHERE session_id = ?", [session_id])
+        return deleted
+
+    def set_summary(self, session_id: str, text: str, up_to_turn_id: int) -> None:
+        session_id = validate_session_id(session_id)
+        with self._lock:
+            self.db["summaries"].upsert(
+                {
+                    "session_id": session_id,
+                    "text": text,
+                    "up_to_turn_id": up_to_turn_id,
+                    "updated": time.time(),
+                },
+                pk="session_id",
+            )
+
+    # ------------------------------------------------------------------- reads
+    def history(
+        self,
+        session_id: str,
+        *,
+        max_turns: int = 20,
+        token_budget: int = 0,
+        count_tokens: Callable[[str], int] | None = None,
+    ) -> list[StoredTurn]:
+        """The newest turns of a session, oldest first; an unknown session has none."""
+        session_id = validate_session_id(session_id)
+        with self._lock:
+            rows = list(
+                self.db.query(
+                    "SELECT * FROM turns WHERE session_id = ? ORDER BY id DESC LIMIT ?",
+                    [session_id, max(1, max_turns)],
+                )
+            )
+        turns = []
+        budget = token_budget
+        count = count_tokens or (lambda text: max(1, len(text) // 4))
+        for row in rows:
+            if token_budget:
+                budget -= count(row["text"])
+                if budget < 0:
+                    break
+            turns.append(_turn(row))
+        turns.reverse()
+        return turns
+
+    def summary(self, session_id: str) -> tuple[str, int]:
+        session_id = validate_session_id(session_id)
+        with self._lock:
+            rows = list(
+                self.db.query(
+                    "SELECT text, up_to_turn_id FROM summaries WHERE session_id = ?", [session_id]
+                )
+            )
+        return (rows[0]["text"], rows[0]["up_to_turn_id"]) if rows else ("", 0)
+
+    def list_sessions(self, limit: int = 100, offset: int = 0) -> list[SessionInfo]:
+        with self._lock:
+            rows = list(
+                self.db.query(
+                    "SELECT * FROM sessions ORDER BY last_active DESC LIMIT ? OFFSET ?",
+                    [max(1, limit), max(0, offset)],
+                )
+            )
+        return [
+            SessionInfo(r["id"], r["persona"], r["created"], r["last_active"], r["turn_count"])
+            for r in rows
+        ]
+
+    def search(self, query: str, *, session_id: str = "", limit: int = 10) -> list[StoredTurn]:
+        """Full-text search over stored turns, best matches first."""
+        if not query.strip():
+            raise RequestRejected("search query is empty")
+        where, args = None, None
+        if session_id:
+            # search() builds its SQL with named parameters, so the filter uses one too.
+            where, args = (
+                "session_id = :session_id",
+                {"session_id": validate_session_id(session_id)},
+            )
+        with self._lock:
+            rows = list(
+                self.db["turns"].search(
+                    query, limit=max(1, limit), where=where, where_args=args, quote=True
+                )
+            )
+        return [_turn(row) for row in rows]
+
+    def export_session(self, session_id: str) -> str:
+        """The whole session as JSON: metadata, summary and every turn."""
+        session_id = validate_session_id(session_id)
+        with self._lock:
+            rows = list(
+                self.db.query("SELECT * FROM turns WHERE session_id = ? ORDER BY id", [session_id])
+            )
+            meta = list(self.db.query("SELECT * FROM sessions WHERE id = ?", [session_id]))
+        summary, up_to = self.summary(session_id)
+        return json.dumps(
+            {
+                "session_id": session_id,
+                "session": meta[0] if meta else None,
+                "summary": {"text": summary, "up_to_turn_id": up_to},
+                "turns": [asdict(_turn(row)) for row in rows],
+            },
+            ensure_ascii=False,
+            indent=1,
+        )
+
+    def turn_count(self) -> int:
+        with self._lock:
+            return self.db["turns"].count
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()

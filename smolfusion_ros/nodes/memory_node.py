@@ -1,0 +1,226 @@
+"""memory_node: conversation memory in one SQLite file, behind ROS services.
+
+Services:   ~/append_turn (AppendTurn; success = committed to disk), ~/get_history
+            (GetHistory), ~/list_sessions (ListSessions), ~/clear_session (ClearSession),
+            ~/export_session (ExportSession), ~/search_memory (SearchMemory)
+Publishes:  memory_events (MemoryEvent, after each append or clear), /diagnostics (1 Hz)
+Parameters: database_path (empty = $ROS_HOME/smolfusion_ros/memory.db), max_turn_chars,
+            default_history_turns, synchronous (FULL or NORMAL)
+
+Every call returns success=false with an error text on bad input; the node never dies on a
+request. A database that cannot be opened stops the node at start-up with one clear line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+
+from smolfusion_ros import paths
+from smolfusion_ros.core.requests import RequestRejected
+from smolfusion_ros.memory.store import MemoryStore, MemoryStoreError, SessionInfo, StoredTurn
+from smolfusion_ros.msg import MemoryEvent, Turn
+from smolfusion_ros.msg import SessionInfo as SessionInfoMsg
+from smolfusion_ros.nodes.conversions import stamp_from_wall
+from smolfusion_ros.nodes.parameters import (
+    ConfigError,
+    ParamSpec,
+    between,
+    declare_parameters,
+    one_of,
+)
+from smolfusion_ros.nodes.runner import run_node
+from smolfusion_ros.srv import (
+    AppendTurn,
+    ClearSession,
+    ExportSession,
+    GetHistory,
+    ListSessions,
+    SearchMemory,
+)
+
+
+def turn_to_msg(turn: StoredTurn) -> Turn:
+    return Turn(
+        turn_id=turn.turn_id,
+        stamp=stamp_from_wall(turn.stamp),
+        session_id=turn.session_id,
+        request_id=turn.request_id,
+        role=turn.role,
+        text=turn.text,
+        source=turn.source,
+        persona=turn.persona,
+        latency_s=float(turn.latency_s),
+    )
+
+
+def session_to_msg(info: SessionInfo) -> SessionInfoMsg:
+    return SessionInfoMsg(
+        session_id=info.session_id,
+        persona=info.persona,
+        created=stamp_from_wall(info.created),
+        last_active=stamp_from_wall(info.last_active),
+        turn_count=info.turn_count,
+    )
+
+
+class MemoryNode(Node):
+    def __init__(self, node_name: str = "memory_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        p = declare_parameters(
+            self,
+            [
+                ParamSpec(
+                    "database_path", "", "SQLite file (empty = $ROS_HOME/smolfusion_ros/memory.db)"
+                ),
+                ParamSpec(
+                    "max_turn_chars", 8000, "longest turn text accepted", between(1, 10_000_000)
+                ),
+                ParamSpec(
+                    "default_history_turns",
+                    20,
+                    "turns returned when max_turns is 0",
+                    between(1, 100_000),
+                ),
+                ParamSpec(
+                    "synchronous",
+                    "FULL",
+                    "SQLite synchronous mode (FULL survives power "
+                    "loss, NORMAL only process crashes)",
+                    one_of("FULL", "NORMAL"),
+                ),
+            ],
+        )
+        path = p["database_path"] or str(paths.ros_home() / "smolfusion_ros" / "memory.db")
+        try:
+            self.store = MemoryStore(
+                path, max_turn_chars=p["max_turn_chars"], synchronous=p["synchronous"]
+            )
+        except MemoryStoreError as exc:
+            raise ConfigError(str(exc)) from None
+        self._default_turns = p["default_history_turns"]
+        self._errors = 0
+        self._last_error = ""
+        self._events = self.create_publisher(MemoryEvent, "memory_events", 50)
+        self._diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        group = ReentrantCallbackGroup()
+        for srv_type, name, handler in (
+            (AppendTurn, "~/append_turn", self._append),
+            (GetHistory, "~/get_history", self._history),
+            (ListSessions, "~/list_sessions", self._list),
+            (ClearSession, "~/clear_session", self._clear),
+            (ExportSession, "~/export_session", self._export),
+            (SearchMemory, "~/search_memory", self._search),
+        ):
+            self.create_service(srv_type, name, self._guarded(handler), callback_group=group)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.get_logger().info(
+            f"memory database {self.store.path} ({self.store.turn_count()} turns stored)"
+        )
+
+    def _guarded(self, handler: Callable) -> Callable:
+        """Every bad request or storage failure becomes success=false with an error text."""
+
+        def call(request, response):
+            try:
+                handler(request, response)
+                response.success = True
+            except (RequestRejected, MemoryStoreError) as exc:
+                response.success, response.error = False, str(exc)
+            except Exception as exc:  # never die on a request
+                self.get_logger().error(f"memory request failed: {exc}")
+                response.success, response.error = False, f"internal error: {exc}"
+            if not response.success:
+                self._errors += 1
+                self._last_error = response.error
+            return response
+
+        return call
+
+    def _append(self, request, response) -> None:
+        turn = request.turn
+        stamp = turn.stamp.sec + turn.stamp.nanosec * 1e-9 or None
+        stored = self.store.append_turn(
+            turn.session_id,
+            turn.role,
+            turn.text,
+            source=turn.source,
+            stamp=stamp,
+            latency_s=turn.latency_s,
+            persona=turn.persona,
+            request_id=turn.request_id,
+        )
+        response.turn_id = stored.turn_id
+        self._events.publish(
+            MemoryEvent(
+                stamp=stamp_from_wall(),
+                event=MemoryEvent.EVENT_APPENDED,
+                session_id=stored.session_id,
+                turn_id=stored.turn_id,
+                role=stored.role,
+            )
+        )
+
+    def _history(self, request, response) -> None:
+        turns = self.store.history(
+            request.session_id or "default",
+            max_turns=request.max_turns or self._default_turns,
+            token_budget=request.max_tokens,
+        )
+        response.turns = [turn_to_msg(t) for t in turns]
+        response.summary = self.store.summary(request.session_id or "default")[0]
+
+    def _list(self, request, response) -> None:
+        sessions = self.store.list_sessions(request.limit or 100, request.offset)
+        response.sessions = [session_to_msg(s) for s in sessions]
+
+    def _clear(self, request, response) -> None:
+        response.turns_deleted = self.store.clear_session(request.session_id)
+        self._events.publish(
+            MemoryEvent(
+                stamp=stamp_from_wall(),
+                event=MemoryEvent.EVENT_CLEARED,
+                session_id=request.session_id,
+            )
+        )
+
+    def _export(self, request, response) -> None:
+        response.json = self.store.export_session(request.session_id)
+
+    def _search(self, request, response) -> None:
+        turns = self.store.search(
+            request.query, session_id=request.session_id, limit=request.limit or 10
+        )
+        response.turns = [turn_to_msg(t) for t in turns]
+
+    def _publish_diagnostics(self) -> None:
+        values = {
+            "database": str(self.store.path),
+            "turns": str(self.store.turn_count()),
+            "errors": str(self._errors),
+            "last_error": self._last_error,
+        }
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.OK,
+            name=f"{self.get_fully_qualified_name()}: memory",
+            message="ok",
+            hardware_id=str(self.store.path),
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag.publish(array)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def main() -> None:
+    run_node(MemoryNode)
+
+
+if __name__ == "__main__":
+    main()
