@@ -30,9 +30,10 @@ from smolfusion_ros.nodes.runner import EXECUTOR_THREADS
 def _node_factories():
     # Imported here so `--help` works without building interfaces or loading models.
     from smolfusion_ros.nodes.fusion_node import FusionNode
+    from smolfusion_ros.nodes.memory_node import MemoryNode
     from smolfusion_ros.nodes.text_input_node import TextInputNode
 
-    return {"fusion_node": FusionNode, "text_input_node": TextInputNode}
+    return {"fusion_node": FusionNode, "memory_node": MemoryNode, "text_input_node": TextInputNode}
 
 
 class Console:
@@ -151,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             *[a for a in ros_args if a != "--ros-args"],
         ]
     )
+    # Printed before the nodes start: llama.cpp silences stdout process-wide while loading.
+    print(f"[smolfusion_ros] profile {profile.name}: {', '.join(profile.nodes)}", flush=True)
     factories = _node_factories()
     nodes = []
     try:
@@ -165,8 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
     for node in nodes:
         executor.add_node(node)
-    print(f"[smolfusion_ros] profile {profile.name}: {', '.join(profile.nodes)}", flush=True)
-
     if args.no_console:
         try:
             executor.spin()

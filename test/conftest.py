@@ -22,6 +22,8 @@ import pytest
 # Before anything imports rclpy: isolate this run from other ROS graphs on the machine.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 99)))
+# Memory databases and logs of this run go to a fresh ROS home, never the user's ~/.ros.
+os.environ["ROS_HOME"] = tempfile.mkdtemp(prefix="smolfusion-test-ros-home-")
 
 REPO = Path(__file__).resolve().parent.parent
 # Tests exercise the package as installed into the venv (with its generated interfaces), never

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -12,7 +13,7 @@ from conftest import unique_namespace
 pytestmark = [pytest.mark.ros, pytest.mark.model]
 
 
-def _bringup(*args: str, stdin: str | None = None, timeout: float = 120):
+def _bringup(*args: str, stdin: str | None = None, timeout: float = 120, env=None):
     ros_args = ["--ros-args", "-r", f"__ns:={unique_namespace('bringup')}"]
     if "--ros-args" in args:
         split = args.index("--ros-args")
@@ -24,6 +25,7 @@ def _bringup(*args: str, stdin: str | None = None, timeout: float = 120):
         text=True,
         timeout=timeout,
         cwd=tempfile.gettempdir(),
+        env=os.environ | (env or {}),
     )
 
 
@@ -40,7 +42,7 @@ def test_scripted_questions_get_streamed_answers_with_timings():
         "fusion_node:llm.seed:=5",
     )
     assert run.returncode == 0, run.stderr
-    assert "profile cpu_demo: fusion_node, text_input_node" in run.stdout
+    assert "profile cpu_demo: fusion_node, memory_node, text_input_node" in run.stdout
     assert run.stdout.count("robot> ") == 2
     assert run.stdout.count("first token") == 2
     assert "tokens/s" in run.stdout
@@ -59,3 +61,28 @@ def test_unknown_profile_fails_with_one_line():
     assert run.returncode == 2
     assert "unknown profile 'mars'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_restarted_graph_keeps_the_conversation_in_sqlite(tmp_path):
+    """Two runs of the whole cpu_demo graph; the second one finds the first one's turns."""
+    from smolfusion_ros.memory.store import MemoryStore
+
+    # Both nodes default to the same file under ROS_HOME.
+    db = tmp_path / "smolfusion_ros" / "memory.db"
+    for question in ("My name is Dora.", "What is my name?"):
+        run = _bringup(
+            "--session",
+            "dora",
+            "--ask",
+            question,
+            "--max-tokens",
+            "16",
+            env={"ROS_HOME": str(tmp_path)},
+        )
+        assert run.returncode == 0, run.stderr
+    turns = MemoryStore(db).history("dora")
+    assert [(t.role, t.text) for t in turns if t.role == "user"] == [
+        ("user", "My name is Dora."),
+        ("user", "What is my name?"),
+    ]
+    assert len(turns) == 4

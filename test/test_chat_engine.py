@@ -205,3 +205,37 @@ def test_stop_fails_waiting_jobs_instead_of_leaving_them_hanging():
     assert result is not None and not result.success
     with pytest.raises(RequestRejected, match="shutting down"):
         engine.submit(ChatRequest(text="Hi", max_tokens=4))
+
+
+def test_a_restarted_engine_continues_the_conversation_from_sqlite(tmp_path):
+    from smolfusion_ros.memory.session_store import PersistentSessionStore
+    from smolfusion_ros.memory.store import MemoryStore
+
+    db = tmp_path / "memory.db"
+
+    def engine_on_disk() -> ChatEngine:
+        store = PersistentSessionStore(MemoryStore(db), max_turns=16)
+        engine = ChatEngine(
+            RecordingBackend(MODEL, n_ctx=1024, n_threads=2),
+            PERSONAS,
+            store,
+            EngineSettings(temperature=0.0, seed=3),
+        )
+        engine.start()
+        _wait_ready(engine)
+        return engine
+
+    first = engine_on_disk()
+    ask(first, "My name is Carla and I like trains.", "carla")
+    first.stop()
+
+    second = engine_on_disk()
+    try:
+        ask(second, "What do I like?", "carla")
+        contents = [m["content"] for m in second.backend.prompts[-1]]
+        assert "My name is Carla and I like trains." in contents
+        stored = MemoryStore(db).history("carla")
+        assert [t.role for t in stored] == ["user", "assistant", "user", "assistant"]
+        assert stored[1].latency_s > 0 and stored[1].source == "llm"
+    finally:
+        second.stop()

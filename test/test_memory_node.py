@@ -55,11 +55,14 @@ class MemoryClient:
         """
         from smolfusion_ros.client import ClientError
 
-        probes = {"append_turn": {"turn": Turn(session_id="probe", role="user", text="")},
-                  "get_history": {"session_id": "probe"}, "list_sessions": {},
-                  "clear_session": {"session_id": "probe"},
-                  "export_session": {"session_id": "probe"},
-                  "search_memory": {"query": "probe"}}
+        probes = {
+            "append_turn": {"turn": Turn(session_id="probe", role="user", text="")},
+            "get_history": {"session_id": "probe"},
+            "list_sessions": {},
+            "clear_session": {"session_id": "probe"},
+            "export_session": {"session_id": "probe"},
+            "search_memory": {"query": "probe"},
+        }
         for name, client in self.clients.items():
             assert client.wait_for_service(timeout_sec=timeout)
             for _attempt in range(10):

@@ -249,7 +249,8 @@ class ChatEngine:
         if reply or cancelled:
             turns = [TurnRecord("user", request.text, request.source, job.submitted_wall)]
             if reply:
-                turns.append(TurnRecord("assistant", reply, "llm", time.time()))
+                latency = time.monotonic() - job.submitted_at
+                turns.append(TurnRecord("assistant", reply, "llm", time.time(), latency))
             self.sessions.append(request.session_id, persona.persona_id, *turns)
         self._finish(
             job,

@@ -13,7 +13,7 @@ import yaml
 
 from smolfusion_ros import paths
 
-KNOWN_NODES = ("fusion_node", "text_input_node")
+KNOWN_NODES = ("fusion_node", "memory_node", "text_input_node")
 
 
 class ProfileError(ValueError):
@@ -31,7 +31,11 @@ class Profile:
         """The ros__parameters block for one node (nested dicts, as in the YAML)."""
         with open(self.parameters_file, encoding="utf-8") as handle:
             raw = yaml.safe_load(handle) or {}
-        return (raw.get(node_name) or {}).get("ros__parameters") or {}
+        # Keys are "/**/name" so that the file applies in any namespace (one per robot).
+        for key in (f"/**/{node_name}", node_name, f"/{node_name}"):
+            if key in raw:
+                return (raw[key] or {}).get("ros__parameters") or {}
+        return {}
 
 
 def load_profiles(path: Path | None = None) -> dict[str, Profile]:

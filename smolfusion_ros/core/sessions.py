@@ -14,6 +14,7 @@ class TurnRecord:
     text: str
     source: str
     stamp: float
+    latency_s: float = 0.0
 
 
 @dataclass

@@ -251,6 +251,11 @@ class MemoryStore:
             )
         return (rows[0]["text"], rows[0]["up_to_turn_id"]) if rows else ("", 0)
 
+    def session_persona(self, session_id: str) -> str:
+        with self._lock:
+            rows = list(self.db.query("SELECT persona FROM sessions WHERE id = ?", [session_id]))
+        return rows[0]["persona"] if rows else ""
+
     def list_sessions(self, limit: int = 100, offset: int = 0) -> list[SessionInfo]:
         with self._lock:
             rows = list(

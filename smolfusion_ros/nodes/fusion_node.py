@@ -30,6 +30,8 @@ from smolfusion_ros.core.jobs import ChatJob
 from smolfusion_ros.core.personas import PersonaError, load_personas
 from smolfusion_ros.core.requests import ChatRequest, RequestLimits, RequestRejected
 from smolfusion_ros.core.sessions import SessionStore
+from smolfusion_ros.memory.session_store import PersistentSessionStore
+from smolfusion_ros.memory.store import MemoryStore, MemoryStoreError
 from smolfusion_ros.msg import ResponseChunk, Turn, Utterance
 from smolfusion_ros.nodes.conversions import (
     chat_request_from,
@@ -118,6 +120,12 @@ def _parameter_specs() -> list[ParamSpec]:
             between(1, 1_000_000),
         ),
         ParamSpec("session.max_turns", 64, "turns kept per session", between(2, 100_000)),
+        ParamSpec(
+            "memory.database_path",
+            "",
+            "SQLite memory shared with memory_node: "
+            "'default' = $ROS_HOME/smolfusion_ros/memory.db, empty = in-process only",
+        ),
         ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
     ]
 
@@ -166,12 +174,7 @@ class FusionNode(Node):
             repeat_penalty=p["llm.repeat_penalty"],
             seed=p["llm.seed"],
         )
-        self.engine = ChatEngine(
-            backend,
-            personas,
-            SessionStore(p["session.max_sessions"], p["session.max_turns"]),
-            settings,
-        )
+        self.engine = ChatEngine(backend, personas, self._session_store(p), settings)
         self._chunk_seq: dict[str, int] = {}
         self._utterances_dropped = 0
         self._active_goals: dict[bytes, ChatJob] = {}
@@ -212,6 +215,21 @@ class FusionNode(Node):
             f"personas: {', '.join(personas.ids())}"
         )
         self.engine.start()
+
+    @staticmethod
+    def _session_store(p: dict):
+        """Sessions in the SQLite memory when configured (they survive restarts), else in RAM."""
+        if not p["memory.database_path"]:
+            return SessionStore(p["session.max_sessions"], p["session.max_turns"])
+        path = p["memory.database_path"]
+        if path == "default":
+            path = paths.ros_home() / "smolfusion_ros" / "memory.db"
+        try:
+            # Turns are bounded by the request limits already; the store must never refuse one.
+            store = MemoryStore(path, max_turn_chars=1_000_000)
+        except MemoryStoreError as exc:
+            raise ConfigError(str(exc)) from None
+        return PersistentSessionStore(store, p["session.max_turns"])
 
     # ---------------------------------------------------------------- requests
     def _on_chat(self, request: Chat.Request, response: Chat.Response) -> Chat.Response:
