@@ -1,0 +1,376 @@
+"""camera_node: camera frames in, throttled, resized, change-gated RGB frames out.
+
+Subscribes:  image_raw (sensor_msgs/Image, sensor-data QoS), from any camera driver; not
+             subscribed when `source` is set.
+Publishes:   ~/frame (sensor_msgs/Image rgb8, longest side <= max_side, at most rate_hz,
+             near-identical frames skipped but one at least every max_still_s seconds),
+             /diagnostics (diagnostic_msgs/DiagnosticArray, 1 Hz: received, published,
+             skipped_rate, skipped_unchanged, dropped_bad, last_error)
+Parameters:  source ("" = subscribe image_raw; a V4L2 device "/dev/video0" or index "0", a video
+             file or a folder of images: captured here with OpenCV), max_side (512),
+             rate_hz (2.0), change_threshold (0.02, mean absolute thumbnail difference 0..1),
+             max_still_s (5.0), loop (true: restart files and folders at the end),
+             frame_id ("camera", for captured frames), diagnostics_period_s (1.0)
+
+Frames that cannot be converted (unknown encoding, zero size, step or size mismatch) are
+dropped and counted; the node never stops on input. Capture runs on its own timer and
+callback group, so a slow device never blocks the subscription or diagnostics.
+"""
+
+from __future__ import annotations
+
+import array
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+from smolfusion_ros.io.frame_gate import FrameGate, Verdict
+from smolfusion_ros.io.image_convert import (
+    ImageConversionError,
+    check_image_fields,
+    cv_bridge_to_rgb,
+    image_to_rgb,
+    is_supported,
+    rgb_to_image_fields,
+    ros2_cv_bridge,
+)
+from smolfusion_ros.nodes.parameters import (
+    ConfigError,
+    ParamSpec,
+    at_least,
+    between,
+    declare_parameters,
+)
+from smolfusion_ros.nodes.runner import run_node
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+REOPEN_PERIOD_S = 2.0
+MAX_CAPTURE_HZ = 60.0
+
+
+def _parameter_specs() -> list[ParamSpec]:
+    return [
+        ParamSpec("max_side", 512, "longest side of published frames in pixels", between(8, 8192)),
+        ParamSpec("rate_hz", 2.0, "most frames published per second", between(0.01, 120.0)),
+        ParamSpec(
+            "change_threshold",
+            0.02,
+            "skip frames whose mean absolute thumbnail difference is at most this (0..1)",
+            between(0.0, 1.0),
+        ),
+        ParamSpec(
+            "max_still_s",
+            5.0,
+            "publish an unchanged scene at least this often (seconds)",
+            at_least(0.0),
+        ),
+        ParamSpec("loop", True, "restart a video file or image folder at its end"),
+        ParamSpec("frame_id", "camera", "header.frame_id of captured frames"),
+        ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
+    ]
+
+
+class FrameSource:
+    """OpenCV capture from a V4L2 device, a video file or an image folder (BGR frames)."""
+
+    def __init__(self, spec: str, loop: bool, rate_hz: float) -> None:
+        self.spec = spec
+        self.loop = loop
+        self.kind, self._target = self._classify(spec)
+        self._capture: cv2.VideoCapture | None = None
+        self._files: list[Path] = []
+        self._index = 0
+        self._last_open_try = -1e9
+        self.period_s = 1.0 / min(rate_hz, MAX_CAPTURE_HZ)
+        if self.kind == "folder":
+            self._files = sorted(
+                p for p in Path(spec).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not self._files:
+                raise ConfigError(f"source {spec!r}: folder holds no images")
+        elif self.kind == "file":
+            self._open()
+            if self._capture is None:
+                raise ConfigError(f"source {spec!r}: OpenCV cannot open this video file")
+            fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
+            if 0 < fps <= MAX_CAPTURE_HZ:
+                self.period_s = 1.0 / fps  # play a file at its own speed
+        else:
+            self._open()
+            self.period_s = 1.0 / 30.0  # read every frame so the driver buffer never goes stale
+
+    @staticmethod
+    def _classify(spec: str) -> tuple[str, str | int]:
+        if spec.isdigit():
+            return "device", int(spec)
+        if spec.startswith("/dev/"):
+            return "device", spec
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            return "folder", str(path)
+        if path.is_file():
+            return "file", str(path)
+        raise ConfigError(f"source {spec!r} is neither a device, a video file nor a folder")
+
+    def _open(self) -> None:
+        self._last_open_try = time.monotonic()
+        if self.kind == "device":
+            capture = cv2.VideoCapture(self._target, cv2.CAP_V4L2)
+            if capture.isOpened():
+                capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        else:
+            capture = cv2.VideoCapture(self._target)
+        if capture.isOpened():
+            self._capture = capture
+        else:
+            capture.release()
+            self._capture = None
+
+    def read(self) -> np.ndarray | None:
+        """The next BGR frame, or None (nothing now); raises RuntimeError on a failure."""
+        if self.kind == "folder":
+            if self._index >= len(self._files):
+                if not self.loop:
+                    return None
+                self._index = 0
+            path = self._files[self._index]
+            self._index += 1
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is None:
+                raise RuntimeError(f"cannot read image {path.name}")
+            return frame
+        if self._capture is None:
+            if self.kind == "file" and not self.loop:
+                return None
+            if time.monotonic() - self._last_open_try < REOPEN_PERIOD_S:
+                return None
+            self._open()
+            if self._capture is None:
+                raise RuntimeError(f"cannot open {self.spec}")
+        ok, frame = self._capture.read()
+        if ok and frame is not None:
+            return frame
+        if self.kind == "file":
+            self.release()
+            if self.loop:
+                self._open()
+                if self._capture is not None:
+                    ok, frame = self._capture.read()
+                    if ok and frame is not None:
+                        return frame
+            return None
+        self.release()  # a device went away: reopen later
+        raise RuntimeError(f"{self.spec}: no frame from the device")
+
+    def release(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+class CameraNode(Node):
+    def __init__(self, node_name: str = "camera_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        p = declare_parameters(self, _parameter_specs())
+        # `source` may arrive as an integer (-p source:=0), so it is dynamically typed.
+        source = self.declare_parameter(
+            "source",
+            "",
+            ParameterDescriptor(
+                description="'' = subscribe image_raw; else a V4L2 device or index, a video file "
+                "or an image folder to capture with OpenCV",
+                dynamic_typing=True,
+            ),
+        ).value
+        source = "" if source is None else str(source).strip()
+        self._max_side = p["max_side"]
+        self._frame_id = p["frame_id"]
+        self._gate = FrameGate(p["change_threshold"], p["rate_hz"], p["max_still_s"])
+        self._bridge = ros2_cv_bridge()
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(
+            ("received", "published", "skipped_rate", "skipped_unchanged", "dropped_bad"), 0
+        )
+        self._capture_errors = 0
+        self._last_error = ""
+        self._last_frame_time: float | None = None
+        self._started = time.monotonic()
+
+        self._frame_pub = self.create_publisher(Image, "~/frame", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._source: FrameSource | None = None
+        if source:
+            self._source = FrameSource(source, p["loop"], p["rate_hz"])
+            self.create_timer(
+                self._source.period_s, self._capture_once, MutuallyExclusiveCallbackGroup()
+            )
+            self.get_logger().info(f"capturing from {self._source.kind} {source}")
+        else:
+            self.create_subscription(
+                Image,
+                "image_raw",
+                self._on_image,
+                qos_profile_sensor_data,
+                callback_group=MutuallyExclusiveCallbackGroup(),
+            )
+        self.create_timer(
+            p["diagnostics_period_s"], self._publish_diagnostics, MutuallyExclusiveCallbackGroup()
+        )
+
+    # ---- input -------------------------------------------------------------------------------
+
+    def _on_image(self, msg: Image) -> None:
+        try:
+            self._handle(msg)
+        except Exception as exc:  # never let one frame stop the node
+            self._count_error("dropped_bad", f"{type(exc).__name__}: {exc}")
+
+    def _handle(self, msg: Image) -> None:
+        now = time.monotonic()
+        self._count("received")
+        try:
+            known = is_supported(msg.encoding)
+            if known or self._bridge is None:
+                # O(1) header checks first, so bad frames are counted even while throttled.
+                check_image_fields(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))
+        except ImageConversionError as exc:
+            self._count_error("dropped_bad", str(exc))
+            return
+        if not self._gate.rate_ok(now):
+            self._count("skipped_rate")
+            return
+        try:
+            if known or self._bridge is None:
+                rgb = image_to_rgb(
+                    msg.encoding,
+                    msg.height,
+                    msg.width,
+                    msg.step,
+                    msg.data,
+                    bool(msg.is_bigendian),
+                    self._max_side,
+                )
+            else:
+                rgb = cv_bridge_to_rgb(self._bridge, msg, self._max_side)
+        except ImageConversionError as exc:
+            self._count_error("dropped_bad", str(exc))
+            return
+        self._offer(rgb, now, msg.header)
+
+    def _capture_once(self) -> None:
+        source = self._source
+        if source is None:
+            return
+        if source.kind == "folder" and not self._gate.rate_ok(time.monotonic()):
+            return  # keep the image for the next tick instead of skipping it
+        try:
+            frame = source.read()
+        except Exception as exc:
+            with self._lock:
+                self._capture_errors += 1
+                self._last_error = str(exc)
+            return
+        if frame is None:
+            return
+        now = time.monotonic()
+        self._count("received")
+        if not self._gate.rate_ok(now):
+            self._count("skipped_rate")
+            return
+        try:
+            frame = np.ascontiguousarray(frame)
+            height, width = frame.shape[:2]
+            encoding = "bgr8" if frame.ndim == 3 and frame.shape[2] == 3 else "mono8"
+            rgb = image_to_rgb(
+                encoding, height, width, frame.strides[0], frame, max_side=self._max_side
+            )
+        except ImageConversionError as exc:
+            self._count_error("dropped_bad", str(exc))
+            return
+        self._offer(rgb, now, None)
+
+    def _offer(self, rgb: np.ndarray, now: float, header) -> None:
+        verdict = self._gate.decide(rgb, now)
+        if verdict is Verdict.SKIP_RATE:
+            self._count("skipped_rate")
+            return
+        if verdict is Verdict.SKIP_UNCHANGED:
+            self._count("skipped_unchanged")
+            return
+        height, width, encoding, step, data = rgb_to_image_fields(rgb, "rgb8")
+        out = Image()
+        if header is not None:
+            out.header = header  # keep the driver's stamp and frame for synchronisation
+        else:
+            out.header.stamp = self.get_clock().now().to_msg()
+            out.header.frame_id = self._frame_id
+        out.height, out.width, out.encoding, out.step = height, width, encoding, step
+        out.is_bigendian = 0
+        out.data = array.array("B", data)
+        self._frame_pub.publish(out)
+        self._count("published")
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+            if key == "received":
+                self._last_frame_time = time.monotonic()
+
+    def _count_error(self, key: str, error: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+            self._last_error = error
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            counts = dict(self._counts)
+            last_error = self._last_error
+            capture_errors = self._capture_errors
+            last_frame = self._last_frame_time
+        now = time.monotonic()
+        idle_s = now - (last_frame if last_frame is not None else self._started)
+        if last_frame is None:
+            level, message = DiagnosticStatus.WARN, "no frames yet"
+        elif idle_s > 5.0:
+            level, message = DiagnosticStatus.WARN, f"no frames for {idle_s:.0f} s"
+        else:
+            level, message = DiagnosticStatus.OK, "receiving frames"
+        values = {
+            **{k: str(v) for k, v in counts.items()},
+            "capture_errors": str(capture_errors),
+            "last_error": last_error,
+            "source": self._source.spec if self._source else "image_raw",
+        }
+        status = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_fully_qualified_name()}: camera",
+            message=message,
+            hardware_id=self._source.spec if self._source else "",
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.release()
+
+
+def main() -> None:
+    run_node(CameraNode)
+
+
+if __name__ == "__main__":
+    main()
