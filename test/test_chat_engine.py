@@ -239,3 +239,11 @@ def test_a_restarted_engine_continues_the_conversation_from_sqlite(tmp_path):
         assert stored[1].latency_s > 0 and stored[1].source == "llm"
     finally:
         second.stop()
+
+
+def test_a_question_that_cannot_fit_the_context_gets_an_error(engine):
+    job = engine.submit(ChatRequest(text="hello " * 600, session_id="too-long", max_tokens=1000))
+    result = job.wait(30)
+    assert not result.success
+    assert "do not fit the model's context of 1024 tokens" in result.error
+    assert engine.sessions.history("too-long") == []

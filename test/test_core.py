@@ -11,7 +11,7 @@ import yaml
 from smolfusion_ros import catalogue
 from smolfusion_ros.core.personas import PersonaError, load_personas
 from smolfusion_ros.core.profile import ProfileError, get_profile, load_profiles
-from smolfusion_ros.core.prompt import build_messages
+from smolfusion_ros.core.prompt import PromptTooLongError, build_messages
 from smolfusion_ros.core.requests import (
     ChatRequest,
     RequestLimits,
@@ -107,6 +107,13 @@ def test_prompt_keeps_the_newest_history_that_fits():
     assert kept[-1]["content"].startswith("answer 19")
     total = sum(_words(m["content"]) + 6 for m in messages)
     assert total + 20 <= 120
+
+
+def test_prompt_that_cannot_fit_is_refused():
+    with pytest.raises(PromptTooLongError, match="max_tokens=50 do not fit"):
+        build_messages(
+            "sys", [], "word " * 60, context_size=100, reserve_tokens=50, count_tokens=_words
+        )
 
 
 def test_prompt_includes_the_scene_when_given():

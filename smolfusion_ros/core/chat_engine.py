@@ -20,7 +20,7 @@ from enum import Enum
 from smolfusion_ros.backends.llm.base import GenerationSettings, LLMBackend
 from smolfusion_ros.core.jobs import ChatJob, ChatResult, TokenListener
 from smolfusion_ros.core.personas import PersonaBook
-from smolfusion_ros.core.prompt import build_messages, prompt_fits
+from smolfusion_ros.core.prompt import PromptTooLongError, build_messages
 from smolfusion_ros.core.requests import (
     ChatRequest,
     RequestLimits,
@@ -207,27 +207,18 @@ class ChatEngine:
         persona_id = request.persona or self.sessions.persona_of(request.session_id)
         persona = self.personas.get(persona_id) or self.personas.get("")
         scene = self._scene_text() if self._scene_text and request.use_vision != "never" else ""
-        messages = build_messages(
-            persona.render_system_prompt(),
-            self.sessions.history(request.session_id),
-            request.text,
-            scene_text=scene,
-            context_size=self.backend.context_size,
-            reserve_tokens=request.max_tokens,
-            count_tokens=self.backend.count_tokens,
-        )
-        if len(messages) == 2 and not prompt_fits(
-            messages, self.backend.context_size, request.max_tokens, self.backend.count_tokens
-        ):
-            self._finish(
-                job,
-                ChatResult(
-                    False,
-                    f"the question and max_tokens={request.max_tokens} do not fit the model's "
-                    f"context of {self.backend.context_size} tokens",
-                    request_id=job.request_id,
-                ),
+        try:
+            messages = build_messages(
+                persona.render_system_prompt(),
+                self.sessions.history(request.session_id),
+                request.text,
+                scene_text=scene,
+                context_size=self.backend.context_size,
+                reserve_tokens=request.max_tokens,
+                count_tokens=self.backend.count_tokens,
             )
+        except PromptTooLongError as exc:
+            self._finish(job, ChatResult(False, str(exc), request_id=job.request_id))
             return
         settings = GenerationSettings(
             max_tokens=request.max_tokens,

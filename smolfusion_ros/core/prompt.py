@@ -7,6 +7,11 @@ from collections.abc import Callable, Sequence
 from smolfusion_ros.backends.llm.base import ChatMessage
 from smolfusion_ros.core.sessions import TurnRecord
 
+
+class PromptTooLongError(ValueError):
+    """The question (with the system prompt and the answer's reserve) exceeds the context."""
+
+
 # Chat templates add a few tokens around each message.
 _PER_MESSAGE_OVERHEAD = 6
 
@@ -24,6 +29,7 @@ def build_messages(
     """Return chat messages that fit `context_size - reserve_tokens` tokens.
 
     The newest history turns are kept; older ones are dropped whole, never cut mid-turn.
+    Raises PromptTooLongError when even the system prompt and the question do not fit.
     """
     system = system_prompt
     if scene_text:
@@ -32,6 +38,11 @@ def build_messages(
     tail: list[ChatMessage] = [{"role": "user", "content": user_text}]
     budget = context_size - reserve_tokens
     budget -= sum(count_tokens(m["content"]) + _PER_MESSAGE_OVERHEAD for m in head + tail)
+    if budget < 0:
+        raise PromptTooLongError(
+            f"the question and max_tokens={reserve_tokens} do not fit the model's context of "
+            f"{context_size} tokens"
+        )
     kept: list[ChatMessage] = []
     for turn in reversed(history):
         cost = count_tokens(turn.text) + _PER_MESSAGE_OVERHEAD
@@ -44,13 +55,3 @@ def build_messages(
     while kept and kept[0]["role"] != "user":
         kept.pop(0)
     return head + kept + tail
-
-
-def prompt_fits(
-    messages: Sequence[ChatMessage],
-    context_size: int,
-    reserve_tokens: int,
-    count_tokens: Callable[[str], int],
-) -> bool:
-    used = sum(count_tokens(m["content"]) + _PER_MESSAGE_OVERHEAD for m in messages)
-    return used + reserve_tokens <= context_size
