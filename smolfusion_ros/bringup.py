@@ -20,11 +20,14 @@ import time
 from collections.abc import Iterable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
 from smolfusion_ros.core.profile import ProfileError, get_profile
-from smolfusion_ros.nodes.parameters import ConfigError
-from smolfusion_ros.nodes.runner import EXECUTOR_THREADS
+from smolfusion_ros.nodes.runner import (
+    create_executor,
+    create_nodes,
+    shutdown,
+    spin_until_shutdown,
+)
 
 
 def _node_factories():
@@ -155,26 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     # Printed before the nodes start: llama.cpp silences stdout process-wide while loading.
     print(f"[smolfusion_ros] profile {profile.name}: {', '.join(profile.nodes)}", flush=True)
     factories = _node_factories()
-    nodes = []
-    try:
-        for name in profile.nodes:
-            nodes.append(factories[name]())
-    except ConfigError as exc:
-        print(f"[smolfusion_ros] configuration error: {exc}", file=sys.stderr)
-        for node in nodes:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    nodes = create_nodes([factories[name] for name in profile.nodes])
+    if nodes is None:
         return 2
-    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
-    for node in nodes:
-        executor.add_node(node)
+    executor = create_executor(nodes)
     if args.no_console:
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        finally:
-            _shutdown(executor, nodes)
+        spin_until_shutdown(executor, nodes)
         return 0
 
     from smolfusion_ros.client import SmolFusionClient
@@ -207,19 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         code = 1
     finally:
         console.client.close()
-        nodes.append(console_node)
-        _shutdown(executor, nodes)
+        shutdown(executor, [*nodes, console_node])
     return code
-
-
-def _shutdown(executor, nodes) -> None:
-    executor.shutdown()
-    for node in nodes:
-        close = getattr(node, "close", None)
-        if close:
-            close()
-        node.destroy_node()
-    rclpy.try_shutdown()
 
 
 if __name__ == "__main__":

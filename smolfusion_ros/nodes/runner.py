@@ -16,35 +16,59 @@ from smolfusion_ros.nodes.parameters import ConfigError
 EXECUTOR_THREADS = 16
 
 
-def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = None) -> int:
-    """Build the nodes, spin them in one MultiThreadedExecutor and return an exit code."""
-    rclpy.init(args=args if args is not None else sys.argv)
+def create_nodes(factories: Sequence[Callable[[], Node]]) -> list[Node] | None:
+    """Build the nodes in an initialised rclpy context.
+
+    On a configuration error, print one clear line (not a traceback: the operator fixes a
+    parameter or installs a model), destroy what was built, shut rclpy down, return None.
+    """
     nodes: list[Node] = []
     try:
         for factory in factories:
             nodes.append(factory())
     except ConfigError as exc:
-        # One clear line, not a traceback: the operator fixes a parameter or installs a model.
         print(f"[smolfusion_ros] configuration error: {exc}", file=sys.stderr, flush=True)
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
-        return 2
+        return None
+    return nodes
+
+
+def create_executor(nodes: Sequence[Node]) -> MultiThreadedExecutor:
     executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
     for node in nodes:
         executor.add_node(node)
+    return executor
+
+
+def shutdown(executor: MultiThreadedExecutor, nodes: Sequence[Node]) -> None:
+    """Stop spinning, let nodes release their resources (close()), destroy them, shut down."""
+    executor.shutdown()
+    for node in nodes:
+        close = getattr(node, "close", None)
+        if close:
+            close()
+        node.destroy_node()
+    rclpy.try_shutdown()
+
+
+def spin_until_shutdown(executor: MultiThreadedExecutor, nodes: Sequence[Node]) -> None:
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown()
-        for node in nodes:
-            close = getattr(node, "close", None)
-            if close:
-                close()
-            node.destroy_node()
-        rclpy.try_shutdown()
+        shutdown(executor, nodes)
+
+
+def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = None) -> int:
+    """Build the nodes, spin them in one MultiThreadedExecutor and return an exit code."""
+    rclpy.init(args=args if args is not None else sys.argv)
+    nodes = create_nodes(factories)
+    if nodes is None:
+        return 2
+    spin_until_shutdown(create_executor(nodes), nodes)
     return 0
 
 
