@@ -55,6 +55,11 @@ def ros_home() -> Path:
     return Path(home) if home else Path.home() / ".ros"
 
 
+def default_memory_database() -> Path:
+    """The SQLite memory shared by fusion_node and memory_node unless configured otherwise."""
+    return ros_home() / "smolfusion_ros" / "memory.db"
+
+
 def cache_dir() -> Path:
     """Where derived files (e.g. a GGUF joined from parts) are kept."""
     base = os.environ.get("SMOLFUSION_CACHE_DIR")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
@@ -43,6 +43,7 @@ from smolfusion_ros.io.image_convert import (
     rgb_to_image_fields,
     ros2_cv_bridge,
 )
+from smolfusion_ros.nodes.diagnostics import diagnostic_array
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
     ParamSpec,
@@ -352,16 +353,11 @@ class CameraNode(Node):
             "last_error": last_error,
             "source": self._source.spec if self._source else "image_raw",
         }
-        status = DiagnosticStatus(
-            level=level,
-            name=f"{self.get_fully_qualified_name()}: camera",
-            message=message,
-            hardware_id=self._source.spec if self._source else "",
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        self._diag_pub.publish(
+            diagnostic_array(
+                self, "camera", level, message, self._source.spec if self._source else "", values
+            )
         )
-        msg = DiagnosticArray(status=[status])
-        msg.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(msg)
 
     def close(self) -> None:
         if self._source is not None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
@@ -38,6 +38,7 @@ from smolfusion_ros.nodes.conversions import (
     fill_chat_response,
     stamp_from_wall,
 )
+from smolfusion_ros.nodes.diagnostics import diagnostic_array
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
     ParamSpec,
@@ -175,7 +176,6 @@ class FusionNode(Node):
             seed=p["llm.seed"],
         )
         self.engine = ChatEngine(backend, personas, self._session_store(p), settings)
-        self._chunk_seq: dict[str, int] = {}
         self._utterances_dropped = 0
         self._active_goals: dict[bytes, ChatJob] = {}
         self._goals_lock = threading.Lock()
@@ -223,7 +223,7 @@ class FusionNode(Node):
             return SessionStore(p["session.max_sessions"], p["session.max_turns"])
         path = p["memory.database_path"]
         if path == "default":
-            path = paths.ros_home() / "smolfusion_ros" / "memory.db"
+            path = paths.default_memory_database()
         try:
             # Turns are bounded by the request limits already; the store must never refuse one.
             store = MemoryStore(path, max_turn_chars=1_000_000)
@@ -274,8 +274,6 @@ class FusionNode(Node):
         with self._goals_lock:
             self._active_goals[key] = job
         try:
-            if goal_handle.is_cancel_requested:
-                job.cancel()
             while not (job.done and feedback_queue.empty()):
                 if goal_handle.is_cancel_requested:
                     job.cancel()
@@ -398,16 +396,11 @@ class FusionNode(Node):
             "last_ttft_s": f"{stats.last_ttft_s:.3f}",
             "last_tokens_per_s": f"{stats.last_tokens_per_s:.1f}",
         }
-        status = DiagnosticStatus(
-            level=level,
-            name=f"{self.get_fully_qualified_name()}: language model",
-            message=state.value,
-            hardware_id=self._model_path.name,
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        self._diag_pub.publish(
+            diagnostic_array(
+                self, "language model", level, state.value, self._model_path.name, values
+            )
         )
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(array)
 
     def close(self) -> None:
         """Stop the engine: cancels the current answer and fails queued requests."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 
@@ -25,6 +25,7 @@ from smolfusion_ros.memory.store import MemoryStore, MemoryStoreError, SessionIn
 from smolfusion_ros.msg import MemoryEvent, Turn
 from smolfusion_ros.msg import SessionInfo as SessionInfoMsg
 from smolfusion_ros.nodes.conversions import stamp_from_wall
+from smolfusion_ros.nodes.diagnostics import diagnostic_array
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
     ParamSpec,
@@ -94,7 +95,7 @@ class MemoryNode(Node):
                 ),
             ],
         )
-        path = p["database_path"] or str(paths.ros_home() / "smolfusion_ros" / "memory.db")
+        path = p["database_path"] or str(paths.default_memory_database())
         try:
             self.store = MemoryStore(
                 path, max_turn_chars=p["max_turn_chars"], synchronous=p["synchronous"]
@@ -166,12 +167,12 @@ class MemoryNode(Node):
 
     def _history(self, request, response) -> None:
         turns = self.store.history(
-            request.session_id or "default",
+            request.session_id,
             max_turns=request.max_turns or self._default_turns,
             token_budget=request.max_tokens,
         )
         response.turns = [turn_to_msg(t) for t in turns]
-        response.summary = self.store.summary(request.session_id or "default")[0]
+        response.summary = self.store.summary(request.session_id)[0]
 
     def _list(self, request, response) -> None:
         sessions = self.store.list_sessions(request.limit or 100, request.offset)
@@ -203,16 +204,11 @@ class MemoryNode(Node):
             "errors": str(self._errors),
             "last_error": self._last_error,
         }
-        status = DiagnosticStatus(
-            level=DiagnosticStatus.OK,
-            name=f"{self.get_fully_qualified_name()}: memory",
-            message="ok",
-            hardware_id=str(self.store.path),
-            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        self._diag.publish(
+            diagnostic_array(
+                self, "memory", DiagnosticStatus.OK, "ok", str(self.store.path), values
+            )
         )
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diag.publish(array)
 
     def close(self) -> None:
         self.store.close()
