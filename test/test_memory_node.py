@@ -27,17 +27,6 @@ MEMORY = "smolfusion_ros.nodes.memory_node"
 class MemoryClient:
     def __init__(self, node, namespace: str) -> None:
         base = f"{namespace}/memory_node"
-        self.clients = {
-            name: node.create_client(srv, f"{base}/{name}")
-            for name, srv in (
-                ("append_turn", AppendTurn),
-                ("get_history", GetHistory),
-                ("list_sessions", ListSessions),
-                ("clear_session", ClearSession),
-                ("export_session", ExportSession),
-                ("search_memory", SearchMemory),
-            )
-        }
         self.types = {
             "append_turn": AppendTurn,
             "get_history": GetHistory,
@@ -45,6 +34,9 @@ class MemoryClient:
             "clear_session": ClearSession,
             "export_session": ExportSession,
             "search_memory": SearchMemory,
+        }
+        self.clients = {
+            name: node.create_client(srv, f"{base}/{name}") for name, srv in self.types.items()
         }
 
     def wait(self, timeout: float = 20) -> None:
