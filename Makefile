@@ -13,8 +13,10 @@ setup:
 setup-dev:
 	./scripts/bootstrap.sh --dev
 
+# -P keeps the source directory off sys.path: the installed package carries the generated
+# interfaces, the bare source tree does not.
 demo: setup
-	$(PY) -m smolfusion_ros.bringup --profile cpu_demo $(ARGS)
+	$(PY) -P -m smolfusion_ros.bringup --profile cpu_demo $(ARGS)
 
 test: setup-dev
 	.venv/bin/pytest -q $(ARGS)

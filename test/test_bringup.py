@@ -8,7 +8,7 @@ import sys
 import tempfile
 
 import pytest
-from conftest import unique_namespace
+from conftest import REPO, unique_namespace
 
 pytestmark = [pytest.mark.ros, pytest.mark.model]
 
@@ -86,3 +86,22 @@ def test_a_restarted_graph_keeps_the_conversation_in_sqlite(tmp_path):
         ("user", "What is my name?"),
     ]
     assert len(turns) == 4
+
+
+def test_the_readme_demo_command_answers_from_the_repository_root():
+    """`make demo` exactly as the README gives it, run where a user runs it."""
+    namespace = unique_namespace("makedemo")
+    run = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "demo",
+            f"ARGS=--ask 'Hello, who are you?' --max-tokens 24 --ros-args -r __ns:={namespace}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "robot> " in run.stdout and "first token" in run.stdout
