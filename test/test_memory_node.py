@@ -199,3 +199,46 @@ def test_every_acknowledged_turn_survives_kill_9(ros_node, start_node, tmp_path)
     missing = [turn for turn in acknowledged if turn not in stored]
     assert not missing, f"{len(missing)} acknowledged turns lost, e.g. {missing[:3]}"
     assert memory2.append("burst", "user", "after the crash").success
+
+
+@pytest.mark.model
+def test_turns_fusion_stores_are_served_and_announced_by_memory_node(
+    ros_node, start_node, tmp_path
+):
+    """fusion_node and memory_node share one SQLite file, as in every profile."""
+    from conftest import make_client
+
+    namespace = unique_namespace("memfusion")
+    db = tmp_path / "shared.db"
+    start_node(
+        "smolfusion_ros.nodes.fusion_node",
+        namespace,
+        params={"memory.database_path": str(db), "llm.temperature": 0.0},
+    )
+    _start(start_node, namespace, db)
+    events = []
+    ros_node.create_subscription(MemoryEvent, f"{namespace}/memory_events", events.append, 50)
+    memory = MemoryClient(ros_node, namespace)
+    memory.wait()
+    client = make_client(ros_node, namespace)
+    client.wait_until_ready(60)
+    reply = client.chat(
+        "Please remember that my locker is number 42.", session_id="locker", max_tokens=16
+    )
+    assert reply.success, reply.error
+    history = memory.call("get_history", session_id="locker")
+    assert [(t.role, t.source) for t in history.turns] == [
+        ("user", "service"),
+        ("assistant", "llm"),
+    ]
+    assert history.turns[0].text == "Please remember that my locker is number 42."
+    assert history.turns[1].text == reply.reply and history.turns[1].latency_s > 0
+    assert wait_for(
+        lambda: (
+            [(e.session_id, e.role) for e in events if e.session_id == "locker"]
+            == [("locker", "user"), ("locker", "assistant")]
+        ),
+        5,
+    )
+    found = memory.call("search_memory", query="locker", session_id="locker")
+    assert found.turns and found.turns[0].session_id == "locker"

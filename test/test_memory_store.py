@@ -133,3 +133,32 @@ def test_concurrent_writers_in_threads_and_processes_lose_nothing(store, tmp_pat
         texts = [t.text for t in store.history(name, max_turns=1000)]
         assert texts == [f"{name} message {i}" for i in range(100)]
     assert all(1 <= n <= 5 for n in reads)
+
+
+def test_turn_ids_are_never_reused_after_a_clear(store):
+    store.append_turn("a", "user", "one")
+    last = store.append_turn("a", "user", "two").turn_id
+    store.clear_session("a")
+    assert store.append_turn("a", "user", "three").turn_id > last
+    assert [t.text for t in store.turns_after(last)] == ["three"]
+    assert store.last_turn_id() == last + 1
+
+
+OPENER = """
+import sys
+from smolfusion_ros.memory.store import MemoryStore
+MemoryStore(sys.argv[1]).append_turn("s", "user", "hello from " + sys.argv[2])
+"""
+
+
+def test_several_processes_can_create_a_fresh_database_at_once(tmp_path):
+    path = str(tmp_path / "fresh.db")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, path, str(n)], stderr=subprocess.PIPE, text=True
+        )
+        for n in range(4)
+    ]
+    errors = [p.stderr.read() for p in procs if p.wait(60) != 0]
+    assert not errors, errors[0]
+    assert MemoryStore(path).turn_count() == 4

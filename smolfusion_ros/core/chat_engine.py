@@ -27,9 +27,12 @@ from smolfusion_ros.core.requests import (
     RequestRejected,
     normalise_request,
 )
-from smolfusion_ros.core.sessions import SessionStore, TurnRecord
+from smolfusion_ros.core.sessions import InMemorySessionStore, SessionStore, TurnRecord
+from smolfusion_ros.core.summaries import build_summary_messages
 
 log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.05
 
 
 class EngineState(str, Enum):
@@ -48,6 +51,9 @@ class EngineSettings:
     top_k: int = 40
     repeat_penalty: float = 1.1
     seed: int = -1
+    # Fold older turns into a summary once this many are outside the window (0 = never).
+    summary_batch: int = 6
+    summary_max_tokens: int = 120
 
 
 @dataclass
@@ -58,6 +64,8 @@ class EngineStats:
     rejected: int = 0
     last_ttft_s: float = 0.0
     last_tokens_per_s: float = 0.0
+    summaries: int = 0
+    summaries_preempted: int = 0
 
 
 class ChatEngine:
@@ -71,7 +79,7 @@ class ChatEngine:
     ) -> None:
         self.backend = backend
         self.personas = personas
-        self.sessions = sessions or SessionStore()
+        self.sessions = sessions or InMemorySessionStore()
         self.settings = settings or EngineSettings()
         self._scene_text = scene_text
         self._queue: queue.Queue[ChatJob | None] = queue.Queue(maxsize=self.settings.max_pending)
@@ -82,6 +90,10 @@ class ChatEngine:
         self._done_observers: list[Callable[[ChatJob], None]] = []
         self._current: ChatJob | None = None
         self._stop = threading.Event()
+        # Sessions whose older turns wait to be folded into their summary; done when idle.
+        self._summary_due: set[str] = set()
+        # Set by submit(): background summary work yields to a person waiting for an answer.
+        self._preempt = threading.Event()
         self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="chat-engine", daemon=True)
 
@@ -152,6 +164,7 @@ class ChatEngine:
                 job.add_done_callback(observer)
             try:
                 self._queue.put_nowait(job)
+                self._preempt.set()
             except queue.Full:
                 raise RequestRejected(
                     f"busy: {self.settings.max_pending} requests are already waiting; "
@@ -185,7 +198,12 @@ class ChatEngine:
         )
         self._state = EngineState.READY
         while not self._stop.is_set():
-            job = self._queue.get()
+            try:
+                # Poll while summaries are due, so they run as soon as no one is waiting.
+                job = self._queue.get(timeout=IDLE_POLL_S if self._summary_due else None)
+            except queue.Empty:
+                self._summarize_next()
+                continue
             if job is None:
                 break
             self._current = job
@@ -213,6 +231,7 @@ class ChatEngine:
                 self.sessions.history(request.session_id),
                 request.text,
                 scene_text=scene,
+                summary_text=self.sessions.summary(request.session_id)[0],
                 context_size=self.backend.context_size,
                 reserve_tokens=request.max_tokens,
                 count_tokens=self.backend.count_tokens,
@@ -243,12 +262,52 @@ class ChatEngine:
                 latency = time.monotonic() - job.submitted_at
                 turns.append(TurnRecord("assistant", reply, "llm", time.time(), latency))
             self.sessions.append(request.session_id, persona.persona_id, *turns)
+            if self._summary_needed(request.session_id):
+                self._summary_due.add(request.session_id)
         self._finish(
             job,
             self._result(
                 job, reply, len(parts), first_token_at, cancelled, persona.persona_id, bool(scene)
             ),
         )
+
+    def _summary_needed(self, session_id: str) -> bool:
+        batch = self.settings.summary_batch
+        return batch > 0 and len(self.sessions.turns_to_fold(session_id)) >= batch
+
+    def _summarize_next(self) -> None:
+        """Fold one due session's older turns into its summary; give way to any request."""
+        session_id = self._summary_due.pop()
+        turns = self.sessions.turns_to_fold(session_id)
+        if len(turns) < max(1, self.settings.summary_batch):
+            return
+        self._preempt.clear()
+        if not self._queue.empty():  # a request arrived meanwhile: it goes first
+            self._summary_due.add(session_id)
+            return
+        previous, _ = self.sessions.summary(session_id)
+        settings = GenerationSettings(
+            max_tokens=self.settings.summary_max_tokens,
+            temperature=0.2,
+            top_p=self.settings.top_p,
+            top_k=self.settings.top_k,
+            repeat_penalty=self.settings.repeat_penalty,
+            seed=self.settings.seed,
+        )
+        messages = build_summary_messages(previous, turns)
+        try:
+            parts = list(self.backend.stream_chat(messages, settings, self._preempt))
+        except Exception as exc:
+            log.warning("summary of session %s failed: %s", session_id, exc)
+            return
+        if self._preempt.is_set():
+            self.stats.summaries_preempted += 1
+            self._summary_due.add(session_id)  # try again when idle
+            return
+        text = "".join(parts).strip()
+        if text:
+            self.sessions.set_summary(session_id, text, turns[-1].turn_id)
+            self.stats.summaries += 1
 
     def _result(
         self,

@@ -22,6 +22,7 @@ def build_messages(
     user_text: str,
     *,
     scene_text: str = "",
+    summary_text: str = "",
     context_size: int,
     reserve_tokens: int,
     count_tokens: Callable[[str], int],
@@ -32,6 +33,8 @@ def build_messages(
     Raises PromptTooLongError when even the system prompt and the question do not fit.
     """
     system = system_prompt
+    if summary_text:
+        system += f"\nEarlier in this conversation: {summary_text}"
     if scene_text:
         system += f"\nWhat you currently see: {scene_text}"
     head: list[ChatMessage] = [{"role": "system", "content": system}]

@@ -1,11 +1,20 @@
-"""Conversation sessions held in memory: persona and a bounded window of recent turns."""
+"""Conversation sessions: persona, recent turns (the prompt window) and a running summary.
+
+Two implementations share the SessionStore protocol: InMemorySessionStore here, and
+memory.session_store.PersistentSessionStore on SQLite. Turns older than the window are
+folded into the summary by the chat engine in the background, so long conversations keep
+their context within the model's context size.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -15,29 +24,54 @@ class TurnRecord:
     source: str
     stamp: float
     latency_s: float = 0.0
+    turn_id: int = 0  # assigned by the store; increases within a session
+
+
+class SessionStore(Protocol):
+    def persona_of(self, session_id: str) -> str: ...
+
+    def history(self, session_id: str) -> list[TurnRecord]:
+        """The newest turns (at most the window), oldest first."""
+
+    def append(self, session_id: str, persona: str, *turns: TurnRecord) -> None: ...
+
+    def summary(self, session_id: str) -> tuple[str, int]:
+        """(summary text, id of the last turn it covers); ("", 0) when there is none."""
+
+    def turns_to_fold(self, session_id: str) -> list[TurnRecord]:
+        """Turns older than the window that the summary does not cover yet, oldest first."""
+
+    def set_summary(self, session_id: str, text: str, up_to_turn_id: int) -> None: ...
+
+    def clear(self, session_id: str) -> bool: ...
 
 
 @dataclass
-class Session:
-    session_id: str
+class _Session:
     persona: str
-    turns: deque = field(default_factory=deque)
+    turns: deque
+    summary: str = ""
+    summary_up_to: int = 0
     last_active: float = field(default_factory=time.time)
 
 
-class SessionStore:
-    """Thread-safe, bounded in both sessions (least recently used evicted) and turns per session."""
+class InMemorySessionStore:
+    """Thread-safe, bounded in sessions (least recently used evicted) and turns per session."""
 
-    def __init__(self, max_sessions: int = 256, max_turns: int = 64) -> None:
+    def __init__(
+        self, max_sessions: int = 256, max_turns: int = 64, window_turns: int = 12
+    ) -> None:
         self._max_sessions = max_sessions
-        self._max_turns = max_turns
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._max_turns = max(max_turns, window_turns)
+        self._window = window_turns
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def _touch(self, session_id: str, persona: str) -> Session:
+    def _touch(self, session_id: str, persona: str) -> _Session:
         session = self._sessions.get(session_id)
         if session is None:
-            session = Session(session_id, persona, deque(maxlen=self._max_turns))
+            session = _Session(persona, deque(maxlen=self._max_turns))
             self._sessions[session_id] = session
             while len(self._sessions) > self._max_sessions:
                 self._sessions.popitem(last=False)
@@ -55,11 +89,33 @@ class SessionStore:
     def history(self, session_id: str) -> list[TurnRecord]:
         with self._lock:
             session = self._sessions.get(session_id)
-            return list(session.turns) if session else []
+            return list(session.turns)[-self._window :] if session else []
 
     def append(self, session_id: str, persona: str, *turns: TurnRecord) -> None:
         with self._lock:
-            self._touch(session_id, persona).turns.extend(turns)
+            session = self._touch(session_id, persona)
+            session.turns.extend(
+                dataclasses.replace(turn, turn_id=next(self._ids)) for turn in turns
+            )
+
+    def summary(self, session_id: str) -> tuple[str, int]:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            return (session.summary, session.summary_up_to) if session else ("", 0)
+
+    def turns_to_fold(self, session_id: str) -> list[TurnRecord]:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return []
+            older = list(session.turns)[: -self._window]
+            return [t for t in older if t.turn_id > session.summary_up_to]
+
+    def set_summary(self, session_id: str, text: str, up_to_turn_id: int) -> None:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                session.summary, session.summary_up_to = text, up_to_turn_id
 
     def clear(self, session_id: str) -> bool:
         with self._lock:

@@ -1,28 +1,28 @@
-"""A SessionStore backed by the SQLite memory: conversations survive restarts and crashes.
+"""The SessionStore the chat engine uses, on the SQLite memory: conversations survive restarts.
 
-Drop-in for core.sessions.SessionStore (same methods), so the chat engine needs no change.
 The file may be shared with a memory_node in another process (WAL allows it).
 """
 
 from __future__ import annotations
 
 from smolfusion_ros.core.sessions import TurnRecord
-from smolfusion_ros.memory.store import MemoryStore
+from smolfusion_ros.memory.store import MemoryStore, StoredTurn
+
+
+def _record(turn: StoredTurn) -> TurnRecord:
+    return TurnRecord(turn.role, turn.text, turn.source, turn.stamp, turn.latency_s, turn.turn_id)
 
 
 class PersistentSessionStore:
-    def __init__(self, store: MemoryStore, max_turns: int = 64) -> None:
+    def __init__(self, store: MemoryStore, window_turns: int = 12) -> None:
         self.store = store
-        self._max_turns = max_turns
+        self._window = window_turns
 
     def persona_of(self, session_id: str) -> str:
         return self.store.session_persona(session_id)
 
     def history(self, session_id: str) -> list[TurnRecord]:
-        return [
-            TurnRecord(t.role, t.text, t.source, t.stamp, t.latency_s)
-            for t in self.store.history(session_id, max_turns=self._max_turns)
-        ]
+        return [_record(t) for t in self.store.history(session_id, max_turns=self._window)]
 
     def append(self, session_id: str, persona: str, *turns: TurnRecord) -> None:
         for turn in turns:
@@ -36,8 +36,15 @@ class PersistentSessionStore:
                 persona=persona,
             )
 
+    def summary(self, session_id: str) -> tuple[str, int]:
+        return self.store.summary(session_id)
+
+    def turns_to_fold(self, session_id: str) -> list[TurnRecord]:
+        _text, up_to = self.store.summary(session_id)
+        return [_record(t) for t in self.store.turns_before_window(session_id, up_to, self._window)]
+
+    def set_summary(self, session_id: str, text: str, up_to_turn_id: int) -> None:
+        self.store.set_summary(session_id, text, up_to_turn_id)
+
     def clear(self, session_id: str) -> bool:
         return self.store.clear_session(session_id) > 0
-
-    def session_ids(self) -> list[str]:
-        return [s.session_id for s in self.store.list_sessions(limit=1_000_000)]

@@ -25,6 +25,29 @@ ROLES = ("user", "assistant", "system")
 SCHEMA_VERSION = 1
 
 
+# AUTOINCREMENT: turn ids are never reused after a clear, so "turns after id N" (events,
+# summaries) stays correct. turns_fts is sqlite-utils' external-content FTS5 layout, which
+# Table.search() reads; the statements are run one by one (executescript would commit).
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, persona TEXT, created FLOAT,"
+    " last_active FLOAT, turn_count INTEGER)",
+    "CREATE TABLE IF NOT EXISTS turns (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT,"
+    " role TEXT, text TEXT, source TEXT, stamp FLOAT, latency_s FLOAT, persona TEXT,"
+    " request_id TEXT)",
+    "CREATE INDEX IF NOT EXISTS idx_turns_session_id_id ON turns (session_id, id)",
+    "CREATE TABLE IF NOT EXISTS summaries (session_id TEXT PRIMARY KEY, text TEXT,"
+    " up_to_turn_id INTEGER, updated FLOAT)",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS turns_fts USING FTS5 (text, content=[turns])",
+    "CREATE TRIGGER IF NOT EXISTS turns_ai AFTER INSERT ON turns BEGIN"
+    " INSERT INTO turns_fts (rowid, text) VALUES (new.rowid, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS turns_ad AFTER DELETE ON turns BEGIN"
+    " INSERT INTO turns_fts (turns_fts, rowid, text) VALUES('delete', old.rowid, old.text); END",
+    "CREATE TRIGGER IF NOT EXISTS turns_au AFTER UPDATE ON turns BEGIN"
+    " INSERT INTO turns_fts (turns_fts, rowid, text) VALUES('delete', old.rowid, old.text);"
+    " INSERT INTO turns_fts (rowid, text) VALUES (new.rowid, new.text); END",
+)
+
+
 class MemoryStoreError(RuntimeError):
     """The database cannot be opened or written; the message names the file and the cause."""
 
@@ -86,42 +109,10 @@ class MemoryStore:
             raise MemoryStoreError(f"cannot open memory database {self.path}: {exc}") from None
 
     def _create_schema(self) -> None:
-        with self.db.atomic():
-            if "sessions" not in self.db.table_names():
-                self.db["sessions"].create(
-                    {
-                        "id": str,
-                        "persona": str,
-                        "created": float,
-                        "last_active": float,
-                        "turn_count": int,
-                    },
-                    pk="id",
-                )
-            if "turns" not in self.db.table_names():
-                self.db["turns"].create(
-                    {
-                        "id": int,
-                        "session_id": str,
-                        "role": str,
-                        "text": str,
-                        "source": str,
-                        "stamp": float,
-                        "latency_s": float,
-                        "persona": str,
-                        "request_id": str,
-                    },
-                    pk="id",
-                )
-                self.db["turns"].create_index(["session_id", "id"])
-            if "summaries" not in self.db.table_names():
-                self.db["summaries"].create(
-                    {"session_id": str, "text": str, "up_to_turn_id": int, "updated": float},
-                    pk="session_id",
-                )
-        if "turns_fts" not in self.db.table_names():
-            # Full-text search over past turns, kept in step by triggers.
-            self.db["turns"].enable_fts(["text"], create_triggers=True)
+        # Under the write lock: fusion_node and memory_node may create a fresh file at once.
+        with self._write_transaction():
+            for statement in _SCHEMA:
+                self.db.execute(statement)
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ writes
@@ -240,6 +231,42 @@ class MemoryStore:
             turns.append(_turn(row))
         turns.reverse()
         return turns
+
+    def turns_after(self, after_turn_id: int, limit: int = 500) -> list[StoredTurn]:
+        """Turns of every session with an id above `after_turn_id`, oldest first."""
+        with self._lock:
+            rows = list(
+                self.db.query(
+                    "SELECT * FROM turns WHERE id > ? ORDER BY id LIMIT ?", [after_turn_id, limit]
+                )
+            )
+        return [_turn(row) for row in rows]
+
+    def last_turn_id(self) -> int:
+        with self._lock:
+            rows = list(self.db.query("SELECT MAX(id) AS last FROM turns"))
+        return rows[0]["last"] or 0
+
+    def turns_before_window(
+        self, session_id: str, after_turn_id: int, window: int, limit: int = 200
+    ) -> list[StoredTurn]:
+        """Turns newer than `after_turn_id` but older than the newest `window`, oldest first."""
+        session_id = validate_session_id(session_id)
+        with self._lock:
+            rows = list(
+                self.db.query(
+                    "SELECT * FROM turns WHERE session_id = :s AND id > :after AND id < ("
+                    " SELECT MIN(id) FROM (SELECT id FROM turns WHERE session_id = :s"
+                    " ORDER BY id DESC LIMIT :window)) ORDER BY id LIMIT :limit",
+                    {
+                        "s": session_id,
+                        "after": after_turn_id,
+                        "window": max(1, window),
+                        "limit": limit,
+                    },
+                )
+            )
+        return [_turn(row) for row in rows]
 
     def summary(self, session_id: str) -> tuple[str, int]:
         session_id = validate_session_id(session_id)

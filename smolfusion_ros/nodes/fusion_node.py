@@ -29,7 +29,7 @@ from smolfusion_ros.core.chat_engine import ChatEngine, EngineSettings, EngineSt
 from smolfusion_ros.core.jobs import ChatJob
 from smolfusion_ros.core.personas import PersonaError, load_personas
 from smolfusion_ros.core.requests import ChatRequest, RequestLimits, RequestRejected
-from smolfusion_ros.core.sessions import SessionStore
+from smolfusion_ros.core.sessions import InMemorySessionStore
 from smolfusion_ros.memory.session_store import PersistentSessionStore
 from smolfusion_ros.memory.store import MemoryStore, MemoryStoreError
 from smolfusion_ros.msg import ResponseChunk, Turn, Utterance
@@ -120,7 +120,26 @@ def _parameter_specs() -> list[ParamSpec]:
             "sessions kept in memory (least recent dropped)",
             between(1, 1_000_000),
         ),
-        ParamSpec("session.max_turns", 64, "turns kept per session", between(2, 100_000)),
+        ParamSpec(
+            "session.max_turns",
+            64,
+            "turns kept per session in RAM (without memory.database_path)",
+            between(2, 100_000),
+        ),
+        ParamSpec(
+            "session.window_turns",
+            12,
+            "newest turns put into the prompt (as many as fit)",
+            between(1, 10_000),
+        ),
+        ParamSpec(
+            "memory.summary_batch",
+            6,
+            "fold turns older than the window into a running "
+            "summary once this many are waiting (0 = no summaries)",
+            between(0, 10_000),
+        ),
+        ParamSpec("memory.summary_max_tokens", 120, "length limit of a summary", between(16, 4096)),
         ParamSpec(
             "memory.database_path",
             "",
@@ -174,6 +193,8 @@ class FusionNode(Node):
             top_k=p["llm.top_k"],
             repeat_penalty=p["llm.repeat_penalty"],
             seed=p["llm.seed"],
+            summary_batch=p["memory.summary_batch"],
+            summary_max_tokens=p["memory.summary_max_tokens"],
         )
         self.engine = ChatEngine(backend, personas, self._session_store(p), settings)
         self._utterances_dropped = 0
@@ -220,7 +241,9 @@ class FusionNode(Node):
     def _session_store(p: dict):
         """Sessions in the SQLite memory when configured (they survive restarts), else in RAM."""
         if not p["memory.database_path"]:
-            return SessionStore(p["session.max_sessions"], p["session.max_turns"])
+            return InMemorySessionStore(
+                p["session.max_sessions"], p["session.max_turns"], p["session.window_turns"]
+            )
         path = p["memory.database_path"]
         if path == "default":
             path = paths.default_memory_database()
@@ -229,7 +252,7 @@ class FusionNode(Node):
             store = MemoryStore(path, max_turn_chars=1_000_000)
         except MemoryStoreError as exc:
             raise ConfigError(str(exc)) from None
-        return PersistentSessionStore(store, p["session.max_turns"])
+        return PersistentSessionStore(store, p["session.window_turns"])
 
     # ---------------------------------------------------------------- requests
     def _on_chat(self, request: Chat.Request, response: Chat.Response) -> Chat.Response:
@@ -395,6 +418,8 @@ class FusionNode(Node):
             "utterances_dropped": str(self._utterances_dropped),
             "last_ttft_s": f"{stats.last_ttft_s:.3f}",
             "last_tokens_per_s": f"{stats.last_tokens_per_s:.1f}",
+            "summaries": stats.summaries,
+            "summaries_preempted": stats.summaries_preempted,
         }
         self._diag_pub.publish(
             diagnostic_array(

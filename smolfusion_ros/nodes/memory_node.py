@@ -3,9 +3,11 @@
 Services:   ~/append_turn (AppendTurn; success = committed to disk), ~/get_history
             (GetHistory), ~/list_sessions (ListSessions), ~/clear_session (ClearSession),
             ~/export_session (ExportSession), ~/search_memory (SearchMemory)
-Publishes:  memory_events (MemoryEvent, after each append or clear), /diagnostics (1 Hz)
+Publishes:  memory_events (MemoryEvent, after each append or clear; turns that other
+            processes such as fusion_node write to the same file are announced too),
+            /diagnostics (1 Hz)
 Parameters: database_path (empty = $ROS_HOME/smolfusion_ros/memory.db), max_turn_chars,
-            default_history_turns, synchronous (FULL or NORMAL)
+            default_history_turns, synchronous (FULL or NORMAL), watch_period_s
 
 Every call returns success=false with an error text on bad input; the node never dies on a
 request. A database that cannot be opened stops the node at start-up with one clear line.
@@ -13,10 +15,11 @@ request. A database that cannot be opened stops the node at start-up with one cl
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
 
 from smolfusion_ros import paths
@@ -93,6 +96,13 @@ class MemoryNode(Node):
                     "loss, NORMAL only process crashes)",
                     one_of("FULL", "NORMAL"),
                 ),
+                ParamSpec(
+                    "watch_period_s",
+                    0.2,
+                    "how often turns written by other processes (fusion_node) are announced "
+                    "on memory_events",
+                    between(0.01, 60.0),
+                ),
             ],
         )
         path = p["database_path"] or str(paths.default_memory_database())
@@ -106,6 +116,12 @@ class MemoryNode(Node):
         self._errors = 0
         self._last_error = ""
         self._events = self.create_publisher(MemoryEvent, "memory_events", 50)
+        # Every "appended" event comes from one place, in turn-id order, whoever wrote the turn.
+        self._announced_up_to = self.store.last_turn_id()
+        self._announce_lock = threading.Lock()
+        self.create_timer(
+            p["watch_period_s"], self._announce_new_turns, MutuallyExclusiveCallbackGroup()
+        )
         self._diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         group = ReentrantCallbackGroup()
         for srv_type, name, handler in (
@@ -155,15 +171,21 @@ class MemoryNode(Node):
             request_id=turn.request_id,
         )
         response.turn_id = stored.turn_id
-        self._events.publish(
-            MemoryEvent(
-                stamp=stamp_from_wall(),
-                event=MemoryEvent.EVENT_APPENDED,
-                session_id=stored.session_id,
-                turn_id=stored.turn_id,
-                role=stored.role,
-            )
-        )
+        self._announce_new_turns()
+
+    def _announce_new_turns(self) -> None:
+        with self._announce_lock:
+            for turn in self.store.turns_after(self._announced_up_to):
+                self._events.publish(
+                    MemoryEvent(
+                        stamp=stamp_from_wall(),
+                        event=MemoryEvent.EVENT_APPENDED,
+                        session_id=turn.session_id,
+                        turn_id=turn.turn_id,
+                        role=turn.role,
+                    )
+                )
+                self._announced_up_to = turn.turn_id
 
     def _history(self, request, response) -> None:
         turns = self.store.history(
