@@ -76,12 +76,15 @@ class ChatEngine:
         sessions: SessionStore | None = None,
         settings: EngineSettings | None = None,
         scene_text: Callable[[], str] | None = None,
+        on_loaded: Callable[[EngineState, str], None] | None = None,
     ) -> None:
         self.backend = backend
         self.personas = personas
         self.sessions = sessions or InMemorySessionStore()
         self.settings = settings or EngineSettings()
         self._scene_text = scene_text
+        # Told once, from the engine thread, when loading ends (READY or FAILED, with detail).
+        self._on_loaded = on_loaded or (lambda _state, _detail: None)
         self._queue: queue.Queue[ChatJob | None] = queue.Queue(maxsize=self.settings.max_pending)
         self._state = EngineState.LOADING
         self._state_detail = ""
@@ -191,12 +194,13 @@ class ChatEngine:
         except Exception as exc:
             self._state_detail = str(exc)
             self._state = EngineState.FAILED
-            log.error("language model failed to load: %s", exc)
+            self._on_loaded(self._state, self._state_detail)
             return
         self._state_detail = (
             f"{self.backend.model_name} loaded in {time.monotonic() - self._load_started:.2f} s"
         )
         self._state = EngineState.READY
+        self._on_loaded(self._state, self._state_detail)
         while not self._stop.is_set():
             try:
                 # Poll while summaries are due, so they run as soon as no one is waiting.

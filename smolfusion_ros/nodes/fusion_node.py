@@ -196,7 +196,9 @@ class FusionNode(Node):
             summary_batch=p["memory.summary_batch"],
             summary_max_tokens=p["memory.summary_max_tokens"],
         )
-        self.engine = ChatEngine(backend, personas, self._session_store(p), settings)
+        self.engine = ChatEngine(
+            backend, personas, self._session_store(p), settings, on_loaded=self._on_model_loaded
+        )
         self._utterances_dropped = 0
         self._active_goals: dict[bytes, ChatJob] = {}
         self._goals_lock = threading.Lock()
@@ -228,7 +230,6 @@ class FusionNode(Node):
         )
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
 
-        self._announced_ready = False
         # Logged before the load starts: llama.cpp silences stderr process-wide while loading.
         self.get_logger().info(
             f"loading {model_path.name} with {p['llm.backend']} "
@@ -253,6 +254,12 @@ class FusionNode(Node):
         except MemoryStoreError as exc:
             raise ConfigError(str(exc)) from None
         return PersistentSessionStore(store, p["session.window_turns"])
+
+    def _on_model_loaded(self, state: EngineState, detail: str) -> None:
+        if state is EngineState.READY:
+            self.get_logger().info(f"ready: {detail}")
+        else:
+            self.get_logger().error(f"language model failed to load: {detail}")
 
     # ---------------------------------------------------------------- requests
     def _on_chat(self, request: Chat.Request, response: Chat.Response) -> Chat.Response:
@@ -394,12 +401,6 @@ class FusionNode(Node):
 
     def _publish_diagnostics(self) -> None:
         state = self.engine.state
-        if state is EngineState.READY and not self._announced_ready:
-            self._announced_ready = True
-            self.get_logger().info(f"ready: {self.engine.state_detail}")
-        elif state is EngineState.FAILED and not self._announced_ready:
-            self._announced_ready = True
-            self.get_logger().error(f"language model failed: {self.engine.state_detail}")
         level = {
             EngineState.READY: DiagnosticStatus.OK,
             EngineState.LOADING: DiagnosticStatus.WARN,
