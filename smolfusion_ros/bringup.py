@@ -22,6 +22,7 @@ from collections.abc import Iterable
 import rclpy
 
 from smolfusion_ros.core.profile import ProfileError, get_profile
+from smolfusion_ros.nodes.dds import use_large_frame_transport
 from smolfusion_ros.nodes.runner import (
     create_executor,
     create_nodes,
@@ -32,11 +33,17 @@ from smolfusion_ros.nodes.runner import (
 
 def _node_factories():
     # Imported here so `--help` works without building interfaces or loading models.
+    from smolfusion_ros.nodes.camera_node import CameraNode
     from smolfusion_ros.nodes.fusion_node import FusionNode
     from smolfusion_ros.nodes.memory_node import MemoryNode
     from smolfusion_ros.nodes.text_input_node import TextInputNode
 
-    return {"fusion_node": FusionNode, "memory_node": MemoryNode, "text_input_node": TextInputNode}
+    return {
+        "camera_node": CameraNode,
+        "fusion_node": FusionNode,
+        "memory_node": MemoryNode,
+        "text_input_node": TextInputNode,
+    }
 
 
 class Console:
@@ -146,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ProfileError, FileNotFoundError) as exc:
         print(f"[smolfusion_ros] {exc}", file=sys.stderr)
         return 2
+    use_large_frame_transport()
     rclpy.init(
         args=[
             "bringup",

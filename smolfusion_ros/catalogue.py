@@ -131,12 +131,21 @@ def check_model_file(path: Path, fmt: str = "gguf") -> None:
             raise ModelNotFoundError(f"model file {path} is not a GGUF file (header {magic!r})")
 
 
-def resolve_model(model: str, path_override: str = "", catalogue: dict | None = None) -> Path:
-    """Return the file for `model` (a catalogue id), or `path_override` when it is set."""
-    if path_override:
-        path = Path(path_override).expanduser()
-        check_model_file(path, "gguf" if path.suffix == ".gguf" else "")
-        return path
+def _check_path(path: Path, fmt: str) -> None:
+    # A transformers model is a directory; everything else here is one file.
+    if fmt == "transformers":
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"model directory {path} has no config.json")
+        return
+    check_model_file(path, fmt)
+
+
+def _expand(path: str) -> Path:
+    """$ROS_HOME means ROS's home even when the variable is unset (~/.ros)."""
+    return Path(os.path.expandvars(path.replace("$ROS_HOME", str(paths.ros_home())))).expanduser()
+
+
+def _lookup(model: str, catalogue: dict | None) -> ModelEntry:
     catalogue = catalogue if catalogue is not None else load_catalogue()
     entry = catalogue.get(model)
     if entry is None:
@@ -145,20 +154,61 @@ def resolve_model(model: str, path_override: str = "", catalogue: dict | None = 
             f"unknown model id '{model}' (catalogue has: {known}); "
             "or set the model path parameter to a file"
         )
-    kind = entry.source.get("type")
+    return entry
+
+
+def _source_file(entry: ModelEntry, source: dict, fmt: str) -> Path:
+    kind = source.get("type")
     if kind == "pypi_file":
-        module_dir = _module_dir(entry.source["module"])
+        module_dir = _module_dir(source["module"])
         if module_dir is None:
             raise ModelNotFoundError(
-                f"model '{model}' is not installed: {entry.install_hint}, "
+                f"model '{entry.model_id}' is not installed: {entry.install_hint}, "
                 "or set the model path parameter"
             )
-        path = module_dir / entry.source["file"]
+        path = module_dir / source["file"]
     elif kind == "pypi_parts":
         path = _join_parts(entry)
     elif kind == "path":
-        path = Path(os.path.expandvars(entry.source["path"])).expanduser()
+        path = _expand(source["path"])
+        if not path.exists():
+            where = f" (get it from {entry.download})" if entry.download else ""
+            raise ModelNotFoundError(
+                f"model '{entry.model_id}' is not at {path}{where}, or set the model path parameter"
+            )
     else:
-        raise ModelNotFoundError(f"model '{model}' has unsupported source type {kind!r}")
-    check_model_file(path, entry.format)
+        raise ModelNotFoundError(f"model '{entry.model_id}' has unsupported source type {kind!r}")
+    _check_path(path, fmt)
     return path
+
+
+def resolve_model(model: str, path_override: str = "", catalogue: dict | None = None) -> Path:
+    """Return the file for `model` (a catalogue id), or `path_override` when it is set."""
+    if path_override:
+        path = Path(path_override).expanduser()
+        check_model_file(path, "gguf" if path.suffix == ".gguf" else "")
+        return path
+    entry = _lookup(model, catalogue)
+    return _source_file(entry, entry.source, entry.format)
+
+
+def resolve_vision_model(
+    model: str, path_override: str = "", mmproj_override: str = "", catalogue: dict | None = None
+) -> tuple[Path, Path | None]:
+    """(weights, projector) for a VLM: a GGUF file + its mmproj, or a transformers directory.
+
+    Explicit paths win over the catalogue entry; the projector is None when there is none.
+    """
+    mmproj = Path(mmproj_override).expanduser() if mmproj_override else None
+    if mmproj is not None:
+        check_model_file(mmproj, "gguf")
+    if path_override:
+        path = Path(path_override).expanduser()
+        _check_path(path, "transformers" if path.is_dir() else "gguf")
+        return path, mmproj
+    entry = _lookup(model, catalogue)
+    path = _source_file(entry, entry.source, entry.format)
+    projector = entry.extra.get("mmproj")
+    if mmproj is None and projector:
+        mmproj = _source_file(entry, projector["source"], "gguf")
+    return path, mmproj

@@ -26,6 +26,8 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 99)))
 os.environ["ROS_HOME"] = tempfile.mkdtemp(prefix="smolfusion-test-ros-home-")
 
 REPO = Path(__file__).resolve().parent.parent
+# Camera frames over 512 KB need the package's Fast DDS profile, as every node process uses.
+os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds.xml"))
 # Tests exercise the package as installed into the venv (with its generated interfaces), never
 # the bare source directory, which lacks msg/srv/action.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]
@@ -33,7 +35,11 @@ CPU_DEMO_PARAMS = REPO / "config" / "cpu_demo.yaml"
 
 
 class NodeProcess:
-    """A node executable running as its own process, as it would on the robot."""
+    """A node executable running as its own process, as it would on the robot.
+
+    Each process gets its own ROS_HOME, so default memory databases never leak between tests
+    (tests that share a database pass its path explicitly).
+    """
 
     def __init__(
         self,
@@ -55,7 +61,7 @@ class NodeProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=os.environ.copy(),
+            env=os.environ | {"ROS_HOME": tempfile.mkdtemp(prefix="smolfusion-node-home-")},
             cwd=tempfile.gettempdir(),
         )
         self._reader = threading.Thread(target=self._read, daemon=True)

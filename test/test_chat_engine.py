@@ -99,6 +99,11 @@ def test_two_sessions_keep_separate_histories(engine):
     ]
 
 
+def test_use_vision_always_is_refused_without_a_vision_back_end(engine):
+    with pytest.raises(RequestRejected, match="no vision back end"):
+        engine.submit(ChatRequest(text="What is this?", use_vision="always", max_tokens=4))
+
+
 def test_persona_changes_the_system_prompt(engine):
     ask(engine, "Hello.", "persona-test")
     default_system = engine.backend.prompts[-1][0]["content"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -243,8 +244,9 @@ def test_catalogue_joins_model_parts_once(tmp_path, monkeypatch):
 def test_every_profile_names_known_nodes_and_declared_parameters():
     """What launch/smolfusion.launch.py and the bringup read, checked without launching."""
     from smolfusion_ros.nodes.fusion_node import _parameter_specs
+    from smolfusion_ros.nodes.fusion_vision import vision_parameter_specs
 
-    declared = {spec.name for spec in _parameter_specs()}
+    declared = {spec.name for spec in _parameter_specs() + vision_parameter_specs()}
     profiles = load_profiles()
     assert {"cpu_demo", "jetson_gguf", "gpu_server"} <= set(profiles)
     for profile in profiles.values():
@@ -252,8 +254,17 @@ def test_every_profile_names_known_nodes_and_declared_parameters():
         assert "fusion_node" in profile.nodes
         flat = _flatten(profile.node_parameters("fusion_node"))
         assert set(flat) <= declared, f"{profile.name}: undeclared {set(flat) - declared}"
+        models = catalogue.load_catalogue()
         model = flat.get("llm.model")
-        assert model in catalogue.load_catalogue(), f"{profile.name}: unknown model {model}"
+        assert model in models, f"{profile.name}: unknown model {model}"
+        vision_model = flat.get("vision.model")
+        if vision_model:
+            assert vision_model in models, f"{profile.name}: unknown model {vision_model}"
+            assert models[vision_model].backend == flat["vision.backend"]
+        from smolfusion_ros.nodes.camera_node import _parameter_specs as camera_specs
+
+        camera = _flatten(profile.node_parameters("camera_node"))
+        assert set(camera) <= {s.name for s in camera_specs()} | {"source"}
 
 
 def test_unknown_profile_is_a_clear_error():
@@ -292,3 +303,27 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def test_large_frame_transport_profile_is_applied_only_where_it_is_safe(monkeypatch):
+    from smolfusion_ros.nodes.dds import use_large_frame_transport
+
+    for name in (
+        "FASTDDS_DEFAULT_PROFILES_FILE",
+        "FASTRTPS_DEFAULT_PROFILES_FILE",
+        "RMW_IMPLEMENTATION",
+        "ROS_DISTRO",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    use_large_frame_transport()
+    profile = os.environ["FASTDDS_DEFAULT_PROFILES_FILE"]
+    assert profile.endswith("fastdds.xml") and "sockets_size" in Path(profile).read_text()
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", "/mine.xml")
+    use_large_frame_transport()
+    assert os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] == "/mine.xml"
+    for variable, value in (("ROS_DISTRO", "humble"), ("RMW_IMPLEMENTATION", "rmw_zenoh_cpp")):
+        monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)
+        monkeypatch.setenv(variable, value)
+        use_large_frame_transport()
+        assert "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ
+        monkeypatch.delenv(variable)

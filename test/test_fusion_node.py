@@ -92,7 +92,6 @@ def test_cancel_stops_the_answer_within_200_ms(fusion):
         ({"session_id": "bad id with spaces/and;slashes"}, "invalid session_id"),
         ({"session_id": "s" * 65}, "invalid session_id"),
         ({"use_vision": "sometimes"}, "use_vision"),
-        ({"use_vision": "always"}, "no vision back end"),
     ],
 )
 def test_bad_requests_get_an_error_and_the_node_keeps_serving(fusion, fields, error_part):
@@ -199,12 +198,18 @@ def test_text_input_node_to_response(ros_node, start_node):
     publisher = node.create_publisher(String, f"{namespace}/text_in", 10)
     assert wait_for(lambda: publisher.get_subscription_count() > 0, 10)
     assert wait_for(lambda: all(s.get_publisher_count() > 0 for s in subscriptions), 10)
-    publisher.publish(String(data="Hello robot, how are you today?"))
-    assert wait_for(lambda: any(t.session_id == "typed" for t in turns), 30)
+    # text_input_node may not have discovered fusion_node's subscription yet (a volatile
+    # topic drops what nobody receives), so the line is typed again until it is answered.
+    for _attempt in range(6):
+        publisher.publish(String(data="Hello robot, how are you today?"))
+        if wait_for(lambda: any(t.session_id == "typed" for t in turns), 5):
+            break
     turn = next(t for t in turns if t.session_id == "typed")
     assert turn.role == Turn.ROLE_ASSISTANT and turn.text.strip()
+    # The final chunk and the Turn travel on different topics: either may arrive first.
+    assert wait_for(lambda: any(c.is_final and c.request_id == turn.request_id for c in chunks), 5)
     mine = [c for c in chunks if c.request_id == turn.request_id]
-    assert mine and mine[-1].is_final
+    assert mine[-1].is_final
     assert [c.seq for c in mine] == list(range(len(mine)))
     assert "".join(c.text for c in mine).strip() == turn.text
 

@@ -61,3 +61,53 @@ def _llama_cpp(**options: Any) -> LLMBackend:
 
 
 register_llm_backend("llama_cpp", _llama_cpp)
+
+
+# Vision factories receive the node's generic options (model_path, mmproj_path, n_threads,
+# n_gpu_layers, base_url, model_name; unset ones are empty or 0) and pass on what applies.
+
+
+def _perception(**options: Any) -> VisionBackend:
+    # Imported lazily so that listing back ends never loads OpenCV or ONNX Runtime.
+    from smolfusion_ros.backends.vlm.perception import PerceptionBackend
+
+    return PerceptionBackend(ocr_threads=max(1, options.get("n_threads") or 1))
+
+
+def _llama_cpp_vlm(**options: Any) -> VisionBackend:
+    # Lazy, like _llama_cpp: listing back ends never loads llama.cpp.
+    from smolfusion_ros.backends.vlm.llama_cpp_vlm import LlamaCppVisionBackend
+
+    if not options.get("model_path"):
+        raise ValueError("set vision.model (a catalogue id) or vision.model_path")
+    return LlamaCppVisionBackend(
+        model_path=options["model_path"],
+        mmproj_path=options.get("mmproj_path") or "",
+        n_threads=max(1, options.get("n_threads") or 1),
+        n_gpu_layers=options.get("n_gpu_layers", 0),
+    )
+
+
+def _transformers_vlm(**options: Any) -> VisionBackend:
+    # torch and transformers are imported only when the model loads.
+    from smolfusion_ros.backends.vlm.transformers_vlm import TransformersVisionBackend
+
+    if not options.get("model_path"):
+        raise ValueError("set vision.model_path to a local transformers model directory")
+    return TransformersVisionBackend(
+        model_path=options["model_path"], n_threads=options.get("n_threads") or 0
+    )
+
+
+def _openai_vlm(**options: Any) -> VisionBackend:
+    from smolfusion_ros.backends.vlm.openai_vlm import OpenAIVisionBackend
+
+    if not options.get("base_url"):
+        raise ValueError("set vision.base_url to the OpenAI-compatible server")
+    return OpenAIVisionBackend(base_url=options["base_url"], model=options.get("model_name", ""))
+
+
+register_vision_backend("perception", _perception)
+register_vision_backend("llama_cpp_vlm", _llama_cpp_vlm)
+register_vision_backend("transformers_vlm", _transformers_vlm)
+register_vision_backend("openai_vlm", _openai_vlm)

@@ -27,6 +27,8 @@ from smolfusion_ros.core.requests import (
     RequestRejected,
     normalise_request,
 )
+from smolfusion_ros.core.routing import VisualTurnClassifier
+from smolfusion_ros.core.scene import VisionUnavailable, VisionWorker
 from smolfusion_ros.core.sessions import InMemorySessionStore, SessionStore, TurnRecord
 from smolfusion_ros.core.summaries import build_summary_messages
 
@@ -54,6 +56,7 @@ class EngineSettings:
     # Fold older turns into a summary once this many are outside the window (0 = never).
     summary_batch: int = 6
     summary_max_tokens: int = 120
+    vision_timeout_s: float = 30.0
 
 
 @dataclass
@@ -75,14 +78,16 @@ class ChatEngine:
         personas: PersonaBook,
         sessions: SessionStore | None = None,
         settings: EngineSettings | None = None,
-        scene_text: Callable[[], str] | None = None,
+        vision: VisionWorker | None = None,
+        classifier: VisualTurnClassifier | None = None,
         on_loaded: Callable[[EngineState, str], None] | None = None,
     ) -> None:
         self.backend = backend
         self.personas = personas
         self.sessions = sessions or InMemorySessionStore()
         self.settings = settings or EngineSettings()
-        self._scene_text = scene_text
+        self._vision = vision
+        self._classifier = classifier or VisualTurnClassifier()
         # Told once, from the engine thread, when loading ends (READY or FAILED, with detail).
         self._on_loaded = on_loaded or (lambda _state, _detail: None)
         self._queue: queue.Queue[ChatJob | None] = queue.Queue(maxsize=self.settings.max_pending)
@@ -159,7 +164,7 @@ class ChatEngine:
                 raise RequestRejected(
                     f"unknown persona {persona_id!r} (known: {', '.join(self.personas.ids())})"
                 )
-            if request.use_vision == "always" and self._scene_text is None:
+            if request.use_vision == "always" and self._vision is None:
                 raise RequestRejected("use_vision=always, but this profile has no vision back end")
             self._check_ready()
             job = ChatJob(request, [*self._observers, *([listener] if listener else [])])
@@ -228,7 +233,7 @@ class ChatEngine:
             return
         persona_id = request.persona or self.sessions.persona_of(request.session_id)
         persona = self.personas.get(persona_id) or self.personas.get("")
-        scene = self._scene_text() if self._scene_text and request.use_vision != "never" else ""
+        scene, scene_used = self._scene_for(request)
         try:
             messages = build_messages(
                 persona.render_system_prompt(),
@@ -271,9 +276,24 @@ class ChatEngine:
         self._finish(
             job,
             self._result(
-                job, reply, len(parts), first_token_at, cancelled, persona.persona_id, bool(scene)
+                job, reply, len(parts), first_token_at, cancelled, persona.persona_id, scene_used
             ),
         )
+
+    def _scene_for(self, request: ChatRequest) -> tuple[str, bool]:
+        """What the LLM is told about the camera: a fresh answer from the vision model for a
+        visual turn, else the newest scene description. (text, whether vision was used)"""
+        if self._vision is None:
+            return "", False
+        self._vision.yield_to_llm()
+        if not self._classifier.route(request.text, request.use_vision).visual:
+            text = self._vision.scene_text() if request.use_vision != "never" else ""
+            return text, bool(text)
+        try:
+            result, _stamp = self._vision.ask(request.text, timeout=self.settings.vision_timeout_s)
+        except VisionUnavailable as exc:
+            return f"nothing right now ({exc}); say so if the question needs sight", False
+        return result.text, True
 
     def _summary_needed(self, session_id: str) -> bool:
         batch = self.settings.summary_batch

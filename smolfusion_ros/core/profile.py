@@ -13,7 +13,7 @@ import yaml
 
 from smolfusion_ros import paths
 
-KNOWN_NODES = ("fusion_node", "memory_node", "text_input_node")
+KNOWN_NODES = ("camera_node", "fusion_node", "memory_node", "text_input_node")
 
 
 class ProfileError(ValueError):

@@ -1,15 +1,20 @@
-"""fusion_node: answers utterances, `chat` calls and `converse` goals with the language model.
+"""fusion_node: the language model and the vision model running concurrently.
 
-Subscribes:  utterance (smolfusion_ros/Utterance; final utterances are answered)
-Publishes:   response_stream (ResponseChunk, every token), response (Turn, every final answer),
-             /diagnostics (1 Hz: model state, queue, last time to first token, tokens/s)
-Services:    chat (smolfusion_ros/Chat)
+Subscribes:  utterance (smolfusion_ros/Utterance; final utterances are answered),
+             camera_node/frame (sensor_msgs/Image, SensorDataQoS) when vision is configured
+Publishes:   response_stream (ResponseChunk, every token), response (Turn, every final answer
+             and greetings), scene (SceneContext), debug_image (frame + scene text),
+             /diagnostics (1 Hz: model states, queue, time to first token, tokens/s, vision)
+Services:    chat (smolfusion_ros/Chat), analyze (smolfusion_ros/Analyze)
 Actions:     converse (smolfusion_ros/Converse: token feedback, cancel mid-answer)
 Parameters:  llm.* (back end, model, threads, context, sampling), chat.* (limits, queue),
-             persona.* (persona file and default), session.* (default id, bounds);
-             see config/cpu_demo.yaml for every one with its default.
+             persona.*, session.*, memory.* (SQLite file, summaries), vision.* (back end,
+             model, scene loop, routing patterns, greeting); config/cpu_demo.yaml has each.
 
-All model work runs on the chat engine's own thread; callbacks only validate, queue and wait.
+All model work runs on the chat engine's thread (LLM) and the vision worker's thread (vision
+model); callbacks only validate, queue and wait. A visual turn asks the vision model about the
+newest frame and the LLM answers with that; every other turn uses the newest scene description
+and never waits for the vision model.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from smolfusion_ros.nodes.conversions import (
     stamp_from_wall,
 )
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.fusion_vision import VisionBridge, vision_parameter_specs
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
     ParamSpec,
@@ -155,7 +161,7 @@ class FusionNode(Node):
 
     def __init__(self, node_name: str = "fusion_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(self, _parameter_specs())
+        p = declare_parameters(self, _parameter_specs() + vision_parameter_specs())
         self._params = p
         if p["chat.default_max_tokens"] > p["chat.max_tokens_limit"]:
             raise ConfigError("chat.default_max_tokens is larger than chat.max_tokens_limit")
@@ -193,11 +199,25 @@ class FusionNode(Node):
             top_k=p["llm.top_k"],
             repeat_penalty=p["llm.repeat_penalty"],
             seed=p["llm.seed"],
+            vision_timeout_s=p["vision.timeout_s"],
             summary_batch=p["memory.summary_batch"],
             summary_max_tokens=p["memory.summary_max_tokens"],
         )
+        # Waiting callbacks must not block each other or the topic callbacks.
+        waiting = ReentrantCallbackGroup()
+        self.vision = (
+            VisionBridge(self, p, llm_busy=lambda: self.engine.busy, waiting_group=waiting)
+            if p["vision.backend"]
+            else None
+        )
         self.engine = ChatEngine(
-            backend, personas, self._session_store(p), settings, on_loaded=self._on_model_loaded
+            backend,
+            personas,
+            self._session_store(p),
+            settings,
+            vision=self.vision.worker if self.vision else None,
+            classifier=self.vision.classifier if self.vision else None,
+            on_loaded=self._on_model_loaded,
         )
         self._utterances_dropped = 0
         self._active_goals: dict[bytes, ChatJob] = {}
@@ -209,8 +229,6 @@ class FusionNode(Node):
         self.engine.add_token_observer(self._publish_chunk)
         self.engine.add_done_observer(self._publish_final)
 
-        # Waiting callbacks must not block each other or the topic callbacks.
-        waiting = ReentrantCallbackGroup()
         self.create_service(Chat, "chat", self._on_chat, callback_group=waiting)
         self._converse = ActionServer(
             self,
@@ -237,6 +255,8 @@ class FusionNode(Node):
             f"personas: {', '.join(personas.ids())}"
         )
         self.engine.start()
+        if self.vision:
+            self.vision.worker.start()
 
     @staticmethod
     def _session_store(p: dict):
@@ -421,6 +441,7 @@ class FusionNode(Node):
             "last_tokens_per_s": f"{stats.last_tokens_per_s:.1f}",
             "summaries": stats.summaries,
             "summaries_preempted": stats.summaries_preempted,
+            **(self.vision.diagnostics() if self.vision else {}),
         }
         self._diag_pub.publish(
             diagnostic_array(
@@ -430,6 +451,8 @@ class FusionNode(Node):
 
     def close(self) -> None:
         """Stop the engine: cancels the current answer and fails queued requests."""
+        if self.vision:
+            self.vision.close()
         self.engine.stop()
 
 

@@ -9,6 +9,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
+from smolfusion_ros.nodes.dds import use_large_frame_transport
 from smolfusion_ros.nodes.parameters import ConfigError
 
 # Waiting service calls and action goals each hold an executor thread (the model work itself
@@ -64,6 +65,7 @@ def spin_until_shutdown(executor: MultiThreadedExecutor, nodes: Sequence[Node]) 
 
 def run_nodes(factories: Sequence[Callable[[], Node]], args: list[str] | None = None) -> int:
     """Build the nodes, spin them in one MultiThreadedExecutor and return an exit code."""
+    use_large_frame_transport()
     rclpy.init(args=args if args is not None else sys.argv)
     nodes = create_nodes(factories)
     if nodes is None:

@@ -1,0 +1,254 @@
+"""VLM back end on transformers (SmolVLM / Idefics3 class), for a CUDA GPU server.
+
+Loads `AutoProcessor` + `AutoModelForImageTextToText` from a LOCAL directory only
+(`local_files_only=True`: nothing is downloaded). Runs on CUDA when torch sees a GPU, else on
+the CPU (7-10x slower than llama.cpp there: use the llama.cpp back end on CPUs and Jetsons).
+Generation runs on its own thread and streams through `TextIteratorStreamer`; a stopping
+criterion ends it before the next token once `cancel` is set.
+
+torch and transformers are not runtime dependencies of this package: install them on the
+machine that uses this back end (a CUDA build of torch on a GPU server).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from smolfusion_ros.backends.vlm.base import VisionBackendError, VisionResult
+from smolfusion_ros.backends.vlm.llama_cpp_vlm import DEFAULT_PROMPT, check_image
+
+TokenCallback = Callable[[str], None]
+
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class TransformersVisionBackend:
+    """Image + prompt -> text with a transformers image-text-to-text model on CUDA or CPU."""
+
+    name = "transformers_vlm"
+    kind = "vlm"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        temperature: float = 0.0,
+        top_p: float = 0.95,
+        top_k: int = 50,
+        repetition_penalty: float = 1.0,
+        seed: int = -1,
+        n_threads: int = 0,
+        system_prompt: str = "",
+        default_prompt: str = DEFAULT_PROMPT,
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise VisionBackendError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        self._model_path = Path(model_path).expanduser() if str(model_path) else Path("")
+        self._device_option = device
+        self._dtype_option = dtype
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.top_k = int(top_k)
+        self.repetition_penalty = float(repetition_penalty)
+        self.seed = int(seed)
+        self._n_threads = int(n_threads)
+        self._system_prompt = system_prompt
+        self._default_prompt = default_prompt
+        self._model: Any = None
+        self._processor: Any = None
+        self._torch: Any = None
+        self.device = ""
+        self._lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self._model_path.name
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> None:
+        path = self._model_path
+        if not str(path) or not (path / "config.json").is_file():
+            raise VisionBackendError(
+                f"VLM model directory {str(path) or '(none)'} has no config.json: set model_path "
+                "to a local transformers checkpoint (e.g. SmolVLM-256M-Instruct); nothing is "
+                "downloaded"
+            )
+        try:
+            import torch
+            import transformers
+        except ImportError as exc:
+            raise VisionBackendError(
+                "the transformers VLM back end needs torch and transformers, which are not "
+                f"installed ({exc.name} missing): pip install torch transformers (a CUDA build "
+                "of torch on a GPU server), or use the llama_cpp_vlm back end"
+            ) from exc
+        self._torch = torch
+        if self._device_option == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            self.device = self._device_option
+        if self._dtype_option == "auto":
+            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        else:
+            dtype = getattr(torch, self._dtype_option)
+        if self._n_threads > 0 and self.device == "cpu":
+            torch.set_num_threads(self._n_threads)
+        model_class = (
+            getattr(transformers, "AutoModelForImageTextToText", None)
+            or transformers.AutoModelForVision2Seq
+        )
+        try:
+            self._processor = transformers.AutoProcessor.from_pretrained(
+                str(path), local_files_only=True
+            )
+            model = model_class.from_pretrained(str(path), local_files_only=True, dtype=dtype)
+            self._model = model.to(self.device).eval()
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            self._processor = self._model = None
+            raise VisionBackendError(f"transformers could not load {path}: {exc}") from exc
+
+    def _image(self, image_rgb: np.ndarray) -> Any:
+        image = check_image(image_rgb)
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - Pillow comes with the image processors
+            return image
+        return Image.fromarray(image, mode="RGB")
+
+    def describe(
+        self,
+        image_rgb: np.ndarray,
+        prompt: str,
+        cancel: threading.Event,
+        max_tokens: int = 96,
+        on_token: TokenCallback | None = None,
+    ) -> VisionResult:
+        """Answer `prompt` about the image; stops before the next token once `cancel` is set.
+
+        `on_token`, when given, receives each piece of text as the streamer releases it.
+        """
+        if self._model is None:
+            raise VisionBackendError("VLM is not loaded")
+        if max_tokens < 1:
+            raise VisionBackendError(f"max_tokens must be at least 1, got {max_tokens}")
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        torch = self._torch
+        image = self._image(image_rgb)
+        messages: list[dict[str, Any]] = []
+        if self._system_prompt:
+            messages.append(
+                {"role": "system", "content": [{"type": "text", "text": self._system_prompt}]}
+            )
+        messages.append(
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image"},
+                    {"type": "text", "text": prompt.strip() or self._default_prompt},
+                ],
+            }
+        )
+        start = time.monotonic()
+        if cancel.is_set():
+            return self._result("", start, 0, None, True)
+
+        text = self._processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = self._processor(text=[text], images=[[image]], return_tensors="pt")
+        inputs = inputs.to(self.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._model.dtype)
+        prompt_len = int(inputs["input_ids"].shape[1])
+        state = {"tokens": 0, "cancelled": False}
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):  # type: ignore[override]
+                state["tokens"] = int(input_ids.shape[1]) - prompt_len
+                if cancel.is_set():
+                    state["cancelled"] = True
+                    return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        streamer = TextIteratorStreamer(
+            self._processor.tokenizer, skip_prompt=True, skip_special_tokens=True
+        )
+        do_sample = self.temperature > 0
+        generate_kwargs: dict[str, Any] = dict(
+            inputs,
+            max_new_tokens=int(max_tokens),
+            do_sample=do_sample,
+            repetition_penalty=self.repetition_penalty,
+            stopping_criteria=StoppingCriteriaList([_Cancel()]),
+            streamer=streamer,
+        )
+        if do_sample:
+            generate_kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:
+            # Greedy: clear sampling defaults a checkpoint's generation_config may carry.
+            generate_kwargs.update(temperature=None, top_p=None, top_k=None)
+        errors: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                with torch.inference_mode():
+                    self._model.generate(**generate_kwargs)
+            except BaseException as exc:  # reported on the caller's thread
+                errors.append(exc)
+                streamer.end()
+
+        pieces: list[str] = []
+        ttft = None
+        with self._lock:
+            if self.seed >= 0:
+                torch.manual_seed(self.seed)
+            worker = threading.Thread(target=generate, name="transformers-vlm", daemon=True)
+            worker.start()
+            for piece in streamer:
+                if not piece:
+                    continue
+                if ttft is None:
+                    ttft = time.monotonic() - start
+                pieces.append(piece)
+                if on_token is not None:
+                    on_token(piece)
+            worker.join()
+        if errors:
+            raise VisionBackendError(f"transformers VLM failed: {errors[0]}") from errors[0]
+        cancelled = state["cancelled"] or cancel.is_set()
+        return self._result("".join(pieces), start, state["tokens"], ttft, cancelled)
+
+    def _result(
+        self, text: str, start: float, tokens: int, ttft: float | None, cancelled: bool
+    ) -> VisionResult:
+        return VisionResult(
+            text=text.strip(),
+            kind=self.kind,
+            model=self.model_name,
+            latency_s=time.monotonic() - start,
+            details={
+                "backend": self.name,
+                "device": self.device,
+                "tokens": tokens,
+                "ttft_s": ttft,
+                "cancelled": cancelled,
+            },
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            model, self._model, self._processor = self._model, None, None
+        if model is not None and self.device.startswith("cuda") and self._torch is not None:
+            del model
+            self._torch.cuda.empty_cache()

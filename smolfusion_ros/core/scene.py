@@ -1,0 +1,275 @@
+"""The vision side of fusion: newest-frame holder, scene loop and visual questions.
+
+One vision thread owns the vision back end. It answers visual questions first (a person is
+waiting), and otherwise, every `interval_s`, describes the newest frame it has not described
+yet. Frames are never queued: a new frame replaces the previous one (counted as dropped if
+it was never described). Background descriptions yield to the language model: none starts
+while an answer is being generated, and a running one is cancelled (and retried later) when
+an answer or a visual question needs the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from smolfusion_ros.backends.vlm.base import VisionBackend, VisionResult
+from smolfusion_ros.core.people import PersonTracker, PersonUpdate
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.02
+
+
+class VisionUnavailable(Exception):
+    """No answer from the vision side; str(exc) says why (no frame, not loaded, busy...)."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray  # HxWx3 uint8 RGB
+    stamp: float  # capture time (wall clock seconds)
+    seq: int
+
+
+class LatestFrame:
+    """Holds only the newest frame; a frame replaced before it was used counts as dropped."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._frame: Frame | None = None
+        self._seq = 0
+        self._used_seq = 0
+        self.dropped = 0
+
+    def put(self, image: np.ndarray, stamp: float) -> int:
+        with self._lock:
+            if self._frame is not None and self._frame.seq > self._used_seq:
+                self.dropped += 1
+            self._seq += 1
+            self._frame = Frame(image, stamp, self._seq)
+            return self._seq
+
+    def latest(self) -> Frame | None:
+        with self._lock:
+            return self._frame
+
+    def newer_than(self, seq: int) -> Frame | None:
+        with self._lock:
+            frame = self._frame
+            return frame if frame is not None and frame.seq > seq else None
+
+    def mark_used(self, seq: int) -> None:
+        with self._lock:
+            self._used_seq = max(self._used_seq, seq)
+
+
+@dataclass(frozen=True)
+class Scene:
+    result: VisionResult
+    frame: Frame
+    produced_at: float  # wall clock
+    person: PersonUpdate
+
+
+@dataclass
+class _Question:
+    prompt: str
+    image: np.ndarray | None
+    done: threading.Event
+    result: VisionResult | None = None
+    error: str = ""
+    frame_stamp: float = 0.0
+
+
+@dataclass
+class VisionStats:
+    scenes: int = 0
+    questions: int = 0
+    preempted: int = 0
+    failures: int = 0
+    last_latency_s: float = 0.0
+
+
+class VisionWorker:
+    def __init__(
+        self,
+        backend: VisionBackend,
+        frames: LatestFrame,
+        *,
+        interval_s: float = 2.0,
+        scene_prompt: str = "",
+        max_tokens: int = 96,
+        max_scene_age_s: float = 30.0,
+        llm_busy: Callable[[], bool] = lambda: False,
+        on_scene: Callable[[Scene], None] = lambda _scene: None,
+        person_tracker: PersonTracker | None = None,
+        max_pending_questions: int = 4,
+    ) -> None:
+        self.backend = backend
+        self.frames = frames
+        self._interval_s = interval_s
+        self._scene_prompt = scene_prompt
+        self._max_tokens = max_tokens
+        self._max_scene_age_s = max_scene_age_s
+        self._llm_busy = llm_busy
+        self._on_scene = on_scene
+        self._people = person_tracker or PersonTracker()
+        self._questions: queue.Queue[_Question] = queue.Queue(maxsize=max_pending_questions)
+        self._background_cancel = threading.Event()
+        self._in_background = False
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self.load_error = ""
+        self._scene: Scene | None = None
+        self.stats = VisionStats()
+        self._thread = threading.Thread(target=self._run, name="vision", daemon=True)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._background_cancel.set()
+        self._thread.join(timeout)
+        while True:
+            try:
+                question = self._questions.get_nowait()
+            except queue.Empty:
+                break
+            question.error = "the node is shutting down"
+            question.done.set()
+        self.backend.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def latest_scene(self) -> Scene | None:
+        return self._scene
+
+    def scene_text(self) -> str:
+        """The newest scene description if it is fresh enough to tell the LLM, else ""."""
+        scene = self._scene
+        if scene is None or time.time() - scene.frame.stamp > self._max_scene_age_s:
+            return ""
+        return scene.result.text
+
+    def yield_to_llm(self) -> None:
+        """Cancel a running background description: an answer is about to be generated."""
+        if self._in_background:
+            self._background_cancel.set()
+
+    def ask(
+        self, prompt: str, image: np.ndarray | None = None, timeout: float = 60.0
+    ) -> tuple[VisionResult, float]:
+        """Answer a question about `image` (None = the newest camera frame).
+
+        Returns (result, frame stamp). Raises VisionUnavailable with the reason.
+        """
+        if self.load_error:
+            raise VisionUnavailable(f"the vision model failed to load: {self.load_error}")
+        if not self.ready:
+            raise VisionUnavailable("the vision model is still loading")
+        if image is None and self.frames.latest() is None:
+            raise VisionUnavailable("no camera frame has been received yet")
+        question = _Question(prompt, image, threading.Event())
+        try:
+            self._questions.put_nowait(question)
+        except queue.Full:
+            raise VisionUnavailable("busy: too many visual questions are waiting") from None
+        self._background_cancel.set()  # the person's question goes before the scene loop
+        if not question.done.wait(timeout):
+            raise VisionUnavailable(f"no visual answer within {timeout} s")
+        if question.result is None:
+            raise VisionUnavailable(question.error or "the vision model gave no answer")
+        return question.result, question.frame_stamp
+
+    # ------------------------------------------------------------------- worker
+    def _run(self) -> None:
+        try:
+            self.backend.load()
+        except Exception as exc:
+            self.load_error = str(exc)
+            log.error("vision back end failed to load: %s", exc)
+            return
+        self._ready.set()
+        described_seq = 0
+        next_scene_at = 0.0
+        while not self._stop.is_set():
+            try:
+                self._answer(self._questions.get(timeout=POLL_S))
+                continue
+            except queue.Empty:
+                pass
+            if time.monotonic() < next_scene_at or self._llm_busy():
+                continue
+            frame = self.frames.newer_than(described_seq)
+            if frame is None:
+                continue
+            if self._describe_scene(frame):
+                described_seq = frame.seq
+                next_scene_at = time.monotonic() + self._interval_s
+
+    def _answer(self, question: _Question) -> None:
+        image, stamp = question.image, time.time()
+        if image is None:
+            frame = self.frames.latest()
+            if frame is None:
+                question.error = "no camera frame has been received yet"
+                question.done.set()
+                return
+            image, stamp = frame.image, frame.stamp
+            self.frames.mark_used(frame.seq)
+        try:
+            question.result = self.backend.describe(
+                image, question.prompt, threading.Event(), self._max_tokens
+            )
+            question.frame_stamp = stamp
+            self.stats.questions += 1
+            self.stats.last_latency_s = question.result.latency_s
+        except Exception as exc:  # bad image or back-end failure: the caller gets the reason
+            self.stats.failures += 1
+            question.error = f"vision failed: {exc}"
+        question.done.set()
+
+    def _describe_scene(self, frame: Frame) -> bool:
+        """Describe `frame` for the scene loop; False when cancelled (to be retried)."""
+        self._background_cancel.clear()
+        if not self._questions.empty():  # a question arrived meanwhile: it goes first
+            return False
+        self._in_background = True
+        try:
+            result = self.backend.describe(
+                frame.image, self._scene_prompt, self._background_cancel, self._max_tokens
+            )
+        except Exception as exc:
+            self.stats.failures += 1
+            log.warning("scene description failed: %s", exc)
+            self.frames.mark_used(frame.seq)
+            return True  # a frame the back end cannot handle is not retried
+        finally:
+            self._in_background = False
+        if self._background_cancel.is_set():
+            self.stats.preempted += 1
+            return False
+        self.frames.mark_used(frame.seq)
+        person = self._people.update(result.has_person, result.person_count, time.time())
+        scene = Scene(result, frame, time.time(), person)
+        self._scene = scene
+        self.stats.scenes += 1
+        self.stats.last_latency_s = result.latency_s
+        try:
+            self._on_scene(scene)
+        except Exception as exc:
+            log.warning("publishing the scene failed: %s", exc)
+        return True

@@ -1,0 +1,280 @@
+"""The vision half of fusion_node: camera frames in; scene, debug image, greeting and the
+`analyze` service out. The model work runs on the VisionWorker's thread (core.scene).
+
+Subscribes:  vision.frame_topic (sensor_msgs/Image, SensorDataQoS; camera_node/frame)
+Publishes:   scene (SceneContext), debug_image (sensor_msgs/Image rgb8, frame + scene text),
+             response / response_stream (a greeting when a new person appears)
+Services:    analyze (Analyze: image, or the newest frame when empty, + prompt -> answer)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rclpy.callback_groups import CallbackGroup, MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+from smolfusion_ros import catalogue
+from smolfusion_ros.backends import registry
+from smolfusion_ros.core.people import PersonTracker
+from smolfusion_ros.core.routing import DEFAULT_VISUAL_PATTERNS, VisualTurnClassifier
+from smolfusion_ros.core.scene import LatestFrame, Scene, VisionUnavailable, VisionWorker
+from smolfusion_ros.io.image_convert import ImageConversionError, image_to_rgb, rgb_to_image_fields
+from smolfusion_ros.io.overlay import draw_caption
+from smolfusion_ros.msg import ResponseChunk, SceneContext, Turn
+from smolfusion_ros.nodes.conversions import stamp_from_wall
+from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, at_least, between
+from smolfusion_ros.srv import Analyze
+
+
+def vision_parameter_specs() -> list[ParamSpec]:
+    return [
+        ParamSpec(
+            "vision.backend",
+            "",
+            "vision back end (perception, llama_cpp_vlm, "
+            "transformers_vlm, openai_vlm); empty = no vision",
+        ),
+        ParamSpec("vision.model", "", "catalogue id of the VLM (empty for perception)"),
+        ParamSpec(
+            "vision.model_path",
+            "",
+            "VLM weights (GGUF file or transformers directory); overrides vision.model",
+        ),
+        ParamSpec("vision.mmproj_path", "", "llama.cpp projector (mmproj) GGUF for the VLM"),
+        ParamSpec("vision.base_url", "", "OpenAI-compatible server for openai_vlm"),
+        ParamSpec(
+            "vision.n_threads",
+            1,
+            "CPU threads for the vision model (1 beside the LLM on 2 cores)",
+            between(1, 256),
+        ),
+        ParamSpec("vision.n_gpu_layers", 0, "VLM layers on the GPU (-1 = all)", at_least(-1)),
+        ParamSpec("vision.max_tokens", 96, "length limit of a vision answer", between(1, 4096)),
+        ParamSpec(
+            "vision.interval_s",
+            2.0,
+            "scene loop period (newest changed frame only)",
+            at_least(0.05),
+        ),
+        ParamSpec(
+            "vision.max_side", 512, "frames are downscaled to this longest side", between(32, 4096)
+        ),
+        ParamSpec("vision.frame_topic", "camera_node/frame", "camera frames (relative name)"),
+        ParamSpec(
+            "vision.scene_prompt",
+            "",
+            "prompt for scene descriptions (empty = the back end's default)",
+        ),
+        ParamSpec(
+            "vision.max_scene_age_s", 30.0, "older scene descriptions are not used", at_least(0.1)
+        ),
+        ParamSpec(
+            "vision.timeout_s", 30.0, "a visual question gives up after this long", at_least(0.1)
+        ),
+        ParamSpec(
+            "vision.visual_patterns",
+            list(DEFAULT_VISUAL_PATTERNS),
+            "regular expressions that make a turn visual (use_vision=auto)",
+        ),
+        ParamSpec(
+            "vision.greeting",
+            "Hello! Nice to see you.",
+            "said when a new person appears (empty = no greeting)",
+        ),
+        ParamSpec("vision.greeting_session", "default", "session the greeting belongs to"),
+        ParamSpec(
+            "vision.absence_s", 5.0, "a person away this long is greeted again", at_least(0.0)
+        ),
+    ]
+
+
+class VisionBridge:
+    """Owns the VisionWorker for a node and its topics and service."""
+
+    def __init__(
+        self, node: Node, p: dict, llm_busy: Callable[[], bool], waiting_group: CallbackGroup
+    ) -> None:
+        self._node = node
+        self._p = p
+        self.frames = LatestFrame()
+        self.frames_bad = 0
+        try:
+            self.classifier = VisualTurnClassifier(p["vision.visual_patterns"])
+        except ValueError as exc:
+            raise ConfigError(f"vision.visual_patterns: {exc}") from None
+        backend = self._create_backend(p)
+        self.worker = VisionWorker(
+            backend,
+            self.frames,
+            interval_s=p["vision.interval_s"],
+            scene_prompt=p["vision.scene_prompt"],
+            max_tokens=p["vision.max_tokens"],
+            max_scene_age_s=p["vision.max_scene_age_s"],
+            llm_busy=llm_busy,
+            on_scene=self._publish_scene,
+            person_tracker=PersonTracker(p["vision.absence_s"]),
+        )
+        self._scene_pub = node.create_publisher(SceneContext, "scene", 10)
+        self._debug_pub = node.create_publisher(Image, "debug_image", qos_profile_sensor_data)
+        self._greeting_turns = node.create_publisher(Turn, "response", 10)
+        self._greeting_chunks = node.create_publisher(ResponseChunk, "response_stream", 100)
+        node.create_subscription(
+            Image,
+            p["vision.frame_topic"],
+            self._on_frame,
+            qos_profile_sensor_data,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+        node.create_service(Analyze, "analyze", self._on_analyze, callback_group=waiting_group)
+
+    @staticmethod
+    def _create_backend(p: dict):
+        name = p["vision.backend"]
+        if name not in registry.vision_backend_names():
+            known = ", ".join(registry.vision_backend_names())
+            raise ConfigError(f"parameter vision.backend={name!r}: must be one of {known}")
+        options = {
+            "n_threads": p["vision.n_threads"],
+            "n_gpu_layers": p["vision.n_gpu_layers"],
+            "base_url": p["vision.base_url"],
+            "model_name": p["vision.model"] if name == "openai_vlm" else "",
+        }
+        if name not in ("perception", "openai_vlm"):
+            try:
+                model_path, mmproj = catalogue.resolve_vision_model(
+                    p["vision.model"], p["vision.model_path"], p["vision.mmproj_path"]
+                )
+            except catalogue.ModelNotFoundError as exc:
+                raise ConfigError(str(exc)) from None
+            options |= {"model_path": model_path, "mmproj_path": mmproj or ""}
+        try:
+            return registry.create_vision_backend(name, **options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"vision back end {name}: {exc}") from None
+
+    # ------------------------------------------------------------------- input
+    def _on_frame(self, msg: Image) -> None:
+        try:
+            rgb = image_to_rgb(
+                msg.encoding,
+                msg.height,
+                msg.width,
+                msg.step,
+                msg.data,
+                bool(msg.is_bigendian),
+                max_side=self._p["vision.max_side"],
+            )
+        except ImageConversionError as exc:
+            self.frames_bad += 1
+            self._node.get_logger().warning(
+                f"camera frame dropped: {exc}", throttle_duration_sec=5.0
+            )
+            return
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 or time.time()
+        self.frames.put(rgb, stamp)
+
+    def _on_analyze(self, request: Analyze.Request, response: Analyze.Response):
+        image = None
+        try:
+            if request.image.height or request.image.width or len(request.image.data):
+                img = request.image
+                image = image_to_rgb(
+                    img.encoding,
+                    img.height,
+                    img.width,
+                    img.step,
+                    img.data,
+                    bool(img.is_bigendian),
+                    max_side=self._p["vision.max_side"],
+                )
+            result, _stamp = self.worker.ask(
+                request.prompt.strip(), image, timeout=self._p["vision.timeout_s"]
+            )
+        except (ImageConversionError, VisionUnavailable) as exc:
+            response.success, response.error = False, str(exc)
+            return response
+        except Exception as exc:  # never die on a request
+            response.success, response.error = False, f"internal error: {exc}"
+            return response
+        response.success = True
+        response.answer = result.text
+        response.model = f"{result.kind}:{result.model}"
+        response.latency_s = float(result.latency_s)
+        return response
+
+    # -------------------------------------------------------------- publishing
+    def _publish_scene(self, scene: Scene) -> None:
+        result = scene.result
+        self._scene_pub.publish(
+            SceneContext(
+                frame_stamp=stamp_from_wall(scene.frame.stamp),
+                description=result.text,
+                model=result.model,
+                kind=result.kind,
+                latency_s=float(result.latency_s),
+                has_person=scene.person.has_person,
+                person_count=scene.person.person_count,
+                smiling=result.smiling,
+                new_person=scene.person.new_person,
+            )
+        )
+        if self._debug_pub.get_subscription_count():
+            height, width, encoding, step, data = rgb_to_image_fields(
+                draw_caption(scene.frame.image, result.text)
+            )
+            debug = Image(height=height, width=width, encoding=encoding, step=step, data=data)
+            debug.header.stamp = stamp_from_wall(scene.frame.stamp)
+            debug.header.frame_id = "camera"
+            self._debug_pub.publish(debug)
+        if scene.person.new_person and self._p["vision.greeting"]:
+            self._greet()
+
+    def _greet(self) -> None:
+        text, session = self._p["vision.greeting"], self._p["vision.greeting_session"]
+        request_id = f"greeting-{time.time_ns()}"
+        for seq, (chunk, final) in enumerate(((text, False), ("", True))):
+            self._greeting_chunks.publish(
+                ResponseChunk(
+                    stamp=stamp_from_wall(),
+                    session_id=session,
+                    request_id=request_id,
+                    seq=seq,
+                    text=chunk,
+                    is_final=final,
+                    source="greeting",
+                )
+            )
+        self._greeting_turns.publish(
+            Turn(
+                stamp=stamp_from_wall(),
+                session_id=session,
+                request_id=request_id,
+                role=Turn.ROLE_ASSISTANT,
+                text=text,
+                source="greeting",
+            )
+        )
+
+    def diagnostics(self) -> dict[str, object]:
+        stats = self.worker.stats
+        return {
+            "vision_backend": self._p["vision.backend"],
+            "vision_state": "failed"
+            if self.worker.load_error
+            else ("ready" if self.worker.ready else "loading"),
+            "vision_error": self.worker.load_error,
+            "scenes": stats.scenes,
+            "visual_questions": stats.questions,
+            "scene_preempted": stats.preempted,
+            "vision_failures": stats.failures,
+            "frames_dropped_stale": self.frames.dropped,
+            "frames_dropped_bad": self.frames_bad,
+            "last_vision_latency_s": f"{stats.last_latency_s:.3f}",
+        }
+
+    def close(self) -> None:
+        self.worker.stop()
