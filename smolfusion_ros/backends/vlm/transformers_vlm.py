@@ -3,8 +3,10 @@
 Loads `AutoProcessor` + `AutoModelForImageTextToText` from a LOCAL directory only
 (`local_files_only=True`: nothing is downloaded). Runs on CUDA when torch sees a GPU, else on
 the CPU (7-10x slower than llama.cpp there: use the llama.cpp back end on CPUs and Jetsons).
-Generation runs on its own thread and streams through `TextIteratorStreamer`; a stopping
-criterion ends it before the next token once `cancel` is set.
+Generation runs on the caller's thread (the vision worker) and streams through a small
+streamer that decodes in place; a stopping criterion ends it before the next token once
+`cancel` is set. (transformers' TextIteratorStreamer hands every token to another thread:
+measured on an H200, 64 tokens took 2.8 s that way against 0.17 s for plain generate.)
 
 torch and transformers are not runtime dependencies of this package: install them on the
 machine that uses this back end (a CUDA build of torch on a GPU server).
@@ -27,6 +29,38 @@ from smolfusion_ros.backends.vlm.llama_cpp_vlm import DEFAULT_PROMPT, check_imag
 TokenCallback = Callable[[str], None]
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class _InPlaceStreamer:
+    """A transformers streamer (put/end) that decodes on the generating thread.
+
+    The first put() is the prompt and is skipped. Text is released when it does not end in a
+    partial multi-byte character, so on_text never sees a broken character.
+    """
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+        self._tokenizer = tokenizer
+        self._on_text = on_text
+        self._ids: list[int] = []
+        self._released = 0
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._ids.extend(int(v) for v in value.reshape(-1).tolist())
+        self._release(final=False)
+
+    def end(self) -> None:
+        self._release(final=True)
+
+    def _release(self, final: bool) -> None:
+        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        if len(text) <= self._released or (not final and text.endswith("\ufffd")):
+            return
+        piece, self._released = text[self._released :], len(text)
+        self._on_text(piece)
 
 
 class TransformersVisionBackend:
@@ -143,7 +177,7 @@ class TransformersVisionBackend:
             raise VisionBackendError("VLM is not loaded")
         if max_tokens < 1:
             raise VisionBackendError(f"max_tokens must be at least 1, got {max_tokens}")
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         torch = self._torch
         image = self._image(image_rgb)
@@ -181,9 +215,16 @@ class TransformersVisionBackend:
                     return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
-        streamer = TextIteratorStreamer(
-            self._processor.tokenizer, skip_prompt=True, skip_special_tokens=True
-        )
+        pieces: list[str] = []
+        first_piece_at: list[float] = []
+
+        def on_text(piece: str) -> None:
+            if not first_piece_at:
+                first_piece_at.append(time.monotonic() - start)
+            pieces.append(piece)
+            if on_token is not None:
+                on_token(piece)
+
         do_sample = self.temperature > 0
         generate_kwargs: dict[str, Any] = dict(
             inputs,
@@ -191,41 +232,22 @@ class TransformersVisionBackend:
             do_sample=do_sample,
             repetition_penalty=self.repetition_penalty,
             stopping_criteria=StoppingCriteriaList([_Cancel()]),
-            streamer=streamer,
+            streamer=_InPlaceStreamer(self._processor.tokenizer, on_text),
         )
         if do_sample:
             generate_kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         else:
             # Greedy: clear sampling defaults a checkpoint's generation_config may carry.
             generate_kwargs.update(temperature=None, top_p=None, top_k=None)
-        errors: list[BaseException] = []
-
-        def generate() -> None:
-            try:
-                with torch.inference_mode():
-                    self._model.generate(**generate_kwargs)
-            except BaseException as exc:  # reported on the caller's thread
-                errors.append(exc)
-                streamer.end()
-
-        pieces: list[str] = []
-        ttft = None
         with self._lock:
             if self.seed >= 0:
                 torch.manual_seed(self.seed)
-            worker = threading.Thread(target=generate, name="transformers-vlm", daemon=True)
-            worker.start()
-            for piece in streamer:
-                if not piece:
-                    continue
-                if ttft is None:
-                    ttft = time.monotonic() - start
-                pieces.append(piece)
-                if on_token is not None:
-                    on_token(piece)
-            worker.join()
-        if errors:
-            raise VisionBackendError(f"transformers VLM failed: {errors[0]}") from errors[0]
+            try:
+                with torch.inference_mode():
+                    self._model.generate(**generate_kwargs)
+            except Exception as exc:
+                raise VisionBackendError(f"transformers VLM failed: {exc}") from exc
+        ttft = first_piece_at[0] if first_piece_at else None
         cancelled = state["cancelled"] or cancel.is_set()
         return self._result("".join(pieces), start, state["tokens"], ttft, cancelled)
 
