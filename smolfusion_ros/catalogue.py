@@ -137,7 +137,16 @@ def _check_path(path: Path, fmt: str) -> None:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"model directory {path} has no config.json")
         return
+    # Speech models are directories too: a CTranslate2 Whisper model, or a vosk (Kaldi) one.
+    if fmt in _DIRECTORY_FORMATS:
+        if not any((path / name).exists() for name in _DIRECTORY_FORMATS[fmt]):
+            wanted = " or ".join(_DIRECTORY_FORMATS[fmt])
+            raise ModelNotFoundError(f"model directory {path} has no {wanted}")
+        return
     check_model_file(path, fmt)
+
+
+_DIRECTORY_FORMATS = {"ctranslate2": ("model.bin",), "vosk": ("am", "conf")}
 
 
 def _expand(path: str) -> Path:
