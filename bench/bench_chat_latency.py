@@ -148,10 +148,11 @@ def params_file() -> Path:
 
 def llm_settings(args: argparse.Namespace, yaml_path: Path) -> dict:
     """llm.* from the demo profile, with greedy decoding and the command-line overrides."""
-    import yaml
+    from smolfusion_ros.core.profile import Profile
 
-    with open(yaml_path) as f:
-        llm = dict(yaml.safe_load(f)["fusion_node"]["ros__parameters"]["llm"])
+    # The same reader the bringup and the launch file use (keys are "/**/fusion_node").
+    profile = Profile("bench", "", yaml_path, ("fusion_node",))
+    llm = dict(profile.node_parameters("fusion_node")["llm"])
     llm.update(model=args.model, n_threads=args.threads, temperature=0.0, seed=SEED)
     llm["model_path"] = ""
     llm["n_gpu_layers"] = 0
