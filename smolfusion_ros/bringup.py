@@ -36,13 +36,19 @@ def _node_factories():
     from smolfusion_ros.nodes.camera_node import CameraNode
     from smolfusion_ros.nodes.fusion_node import FusionNode
     from smolfusion_ros.nodes.memory_node import MemoryNode
+    from smolfusion_ros.nodes.microphone_node import MicrophoneNode
+    from smolfusion_ros.nodes.speech_node import SpeechNode
     from smolfusion_ros.nodes.text_input_node import TextInputNode
+    from smolfusion_ros.nodes.tts_node import TTSNode
 
     return {
         "camera_node": CameraNode,
         "fusion_node": FusionNode,
         "memory_node": MemoryNode,
+        "microphone_node": MicrophoneNode,
+        "speech_node": SpeechNode,
         "text_input_node": TextInputNode,
+        "tts_node": TTSNode,
     }
 
 

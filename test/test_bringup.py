@@ -42,7 +42,10 @@ def test_scripted_questions_get_streamed_answers_with_timings():
         "fusion_node:llm.seed:=5",
     )
     assert run.returncode == 0, run.stderr
-    assert "profile cpu_demo: camera_node, fusion_node, memory_node, text_input_node" in run.stdout
+    assert (
+        "profile cpu_demo: camera_node, microphone_node, speech_node, fusion_node, tts_node, "
+        "memory_node, text_input_node"
+    ) in run.stdout
     assert run.stdout.count("robot> ") == 2
     assert run.stdout.count("first token") == 2
     assert "tokens/s" in run.stdout

@@ -13,7 +13,15 @@ import yaml
 
 from smolfusion_ros import paths
 
-KNOWN_NODES = ("camera_node", "fusion_node", "memory_node", "text_input_node")
+KNOWN_NODES = (
+    "camera_node",
+    "microphone_node",
+    "speech_node",
+    "fusion_node",
+    "tts_node",
+    "memory_node",
+    "text_input_node",
+)
 
 
 class ProfileError(ValueError):

@@ -1,0 +1,358 @@
+"""Streaming voice activity detection and utterance segmentation (ROS-free).
+
+Audio arrives as arbitrary-length chunks of int16 PCM (any rate, mono or interleaved
+channels). It is downmixed and resampled to 16 kHz as a stream, cut into 512-sample windows
+(32 ms) and scored by a VAD: faster-whisper's bundled Silero VAD (ONNX, its recurrent state
+kept from window to window) or, when that cannot load or is not wanted, an energy detector.
+
+The segmenter turns the scores into events:
+
+* ``SpeechStarted``: speech lasted at least ``min_speech_ms``;
+* ``PartialDue``: every ``partial_interval_s`` of speech, with the audio so far;
+* ``UtteranceEnded``: ``end_silence_ms`` of silence after speech (or ``max_utterance_s``
+  reached, or an explicit flush), with the utterance's audio (``pre_roll_ms`` before the
+  onset included, most of the trailing silence cut off).
+
+Event audio is mono float32 at 16 kHz in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from smolfusion_ros.io.audio import Resampler, int16_to_float32, to_mono
+
+SAMPLE_RATE = 16000
+WINDOW = 512  # Silero VAD's window at 16 kHz (32 ms)
+WINDOW_S = WINDOW / SAMPLE_RATE
+_CONTEXT = 64  # samples of the previous window Silero v5/v6 expects in front of each window
+TRAILING_KEEP_S = 0.25  # silence kept after the last speech window in an utterance's audio
+
+
+class AudioFormatError(ValueError):
+    """A chunk cannot be interpreted (no channels, no rate, samples not a whole frame)."""
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    engine: str = "silero"  # silero | energy
+    threshold: float = 0.5  # speech probability at or above which a window is speech
+    min_speech_ms: int = 200  # speech shorter than this never starts an utterance
+    end_silence_ms: int = 700  # silence grace period that ends an utterance
+    pre_roll_ms: int = 300  # audio kept before the onset
+    max_utterance_s: float = 20.0  # an utterance is cut and finalised at this length
+    partial_interval_s: float = 1.0  # 0 = no PartialDue events
+    energy_threshold_db: float = -40.0  # energy engine: dBFS that scores 0.5
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.engine not in ("silero", "energy"):
+            found.append(f"engine={self.engine!r}: must be silero or energy")
+        if not 0.0 < self.threshold < 1.0:
+            found.append(f"threshold={self.threshold}: must be between 0 and 1")
+        if self.min_speech_ms < 0 or self.end_silence_ms < WINDOW_S * 1000:
+            found.append("min_speech_ms must be >= 0 and end_silence_ms >= 32")
+        if self.pre_roll_ms < 0:
+            found.append(f"pre_roll_ms={self.pre_roll_ms}: must be >= 0")
+        if self.max_utterance_s < 1.0:
+            found.append(f"max_utterance_s={self.max_utterance_s}: must be >= 1")
+        if self.partial_interval_s < 0:
+            found.append(f"partial_interval_s={self.partial_interval_s}: must be >= 0")
+        return found
+
+
+# ---- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    stream_s: float  # stream time (seconds of 16 kHz audio seen) of the onset
+
+
+@dataclass(frozen=True)
+class PartialDue:
+    audio: np.ndarray
+    utterance: int  # sequence number of the utterance this belongs to
+
+
+@dataclass(frozen=True)
+class UtteranceEnded:
+    audio: np.ndarray
+    utterance: int
+    reason: str  # "silence" | "max_length" | "flush"
+    trailing_silence_s: float  # audio time between the end of speech and this event
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+Event = SpeechStarted | PartialDue | UtteranceEnded
+
+
+# ---- voice activity detectors ----------------------------------------------------------------
+
+
+def silero_model_path() -> str:
+    """faster-whisper's bundled Silero VAD ONNX file (found without loading faster-whisper)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("faster_whisper")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("faster-whisper is not installed (pip install faster-whisper==1.2.1)")
+    assets = os.path.join(next(iter(spec.submodule_search_locations)), "assets")
+    names = sorted(n for n in os.listdir(assets) if n.startswith("silero") and n.endswith(".onnx"))
+    if not names:
+        raise RuntimeError(f"no Silero VAD model in {assets}")
+    return os.path.join(assets, names[-1])
+
+
+class SileroVad:
+    """Silero VAD scored one 512-sample window at a time, its LSTM state carried over.
+
+    Called like faster_whisper.vad.SileroVADModel, but streaming: each window is prefixed
+    with the last 64 samples of the previous one and (h, c) come from the previous call.
+    """
+
+    name = "silero"
+
+    def __init__(self, path: str | None = None) -> None:
+        import onnxruntime
+
+        opts = onnxruntime.SessionOptions()
+        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = 1
+        opts.enable_cpu_mem_arena = False
+        opts.log_severity_level = 4
+        self._session = onnxruntime.InferenceSession(
+            path or silero_model_path(), providers=["CPUExecutionProvider"], sess_options=opts
+        )
+        self.reset()
+
+    def reset(self) -> None:
+        self._h = np.zeros((1, 1, 128), np.float32)
+        self._c = np.zeros((1, 1, 128), np.float32)
+        self._context = np.zeros(_CONTEXT, np.float32)
+
+    def __call__(self, window: np.ndarray) -> float:
+        batch = np.concatenate([self._context, window]).astype(np.float32)[None, :]
+        out, self._h, self._c = self._session.run(
+            None, {"input": batch, "h": self._h, "c": self._c}
+        )
+        self._context = window[-_CONTEXT:].astype(np.float32)
+        return float(np.ravel(out)[0])
+
+
+class EnergyVad:
+    """Fallback: a window's RMS level mapped to a pseudo-probability (0.5 at threshold_db)."""
+
+    name = "energy"
+
+    def __init__(self, threshold_db: float = -40.0) -> None:
+        self.threshold_db = threshold_db
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, window: np.ndarray) -> float:
+        rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))
+        level_db = 20.0 * math.log10(max(rms, 1e-9))
+        return float(np.clip(0.5 + (level_db - self.threshold_db) / 12.0, 0.0, 1.0))
+
+
+def make_vad(config: VadConfig) -> tuple[SileroVad | EnergyVad, str]:
+    """The configured VAD and a note ('' or why the energy fallback is used)."""
+    if config.engine == "silero":
+        try:
+            return SileroVad(), ""
+        except Exception as exc:  # onnxruntime or the model missing: degrade, say why
+            note = f"Silero VAD unavailable ({type(exc).__name__}: {exc}); using energy VAD"
+            return EnergyVad(config.energy_threshold_db), note
+    return EnergyVad(config.energy_threshold_db), ""
+
+
+# ---- segmenter -------------------------------------------------------------------------------
+
+
+class SpeechSegmenter:
+    """VAD + utterance state machine over a stream of int16 chunks. Not thread-safe."""
+
+    def __init__(self, config: VadConfig | None = None, vad=None) -> None:
+        self.config = config or VadConfig()
+        problems = self.config.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        if vad is None:
+            vad, self.vad_note = make_vad(self.config)
+        else:
+            self.vad_note = ""
+        self.vad = vad
+        self._neg_threshold = max(self.config.threshold - 0.15, 0.01)
+        self._pre_roll_windows = math.ceil(self.config.pre_roll_ms / 1000 / WINDOW_S)
+        self._min_speech_windows = max(1, math.ceil(self.config.min_speech_ms / 1000 / WINDOW_S))
+        self._end_windows = max(1, math.ceil(self.config.end_silence_ms / 1000 / WINDOW_S))
+        self._max_windows = int(self.config.max_utterance_s / WINDOW_S)
+        self._partial_windows = (
+            max(1, round(self.config.partial_interval_s / WINDOW_S))
+            if self.config.partial_interval_s > 0
+            else 0
+        )
+        self._resampler: Resampler | None = None
+        self.utterances = 0  # utterances started so far (the next one's number)
+        self.windows = 0  # 16 kHz windows processed (stream time = windows * 32 ms)
+        self.reset()
+
+    # -- public --------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return "speech" if self._state == "speech" else "listening"
+
+    @property
+    def stream_s(self) -> float:
+        return self.windows * WINDOW_S
+
+    def reset(self) -> None:
+        """Forget all audio and VAD state (e.g. while the robot speaks or when disabled)."""
+        self._state = "listening"  # listening | pending | speech
+        self._buffer = np.zeros(0, np.float32)  # 16 kHz samples not yet scored
+        self._pre_roll: deque[np.ndarray] = deque(maxlen=self._pre_roll_windows)
+        self._windows: list[np.ndarray] = []  # the current (pending or active) utterance
+        self._speech_windows = 0
+        self._silence = 0  # consecutive non-speech windows
+        self._last_speech = 0  # index into _windows after the last speech window
+        self._since_partial = 0
+        self._resampler = None
+        self.vad.reset()
+
+    def feed(self, samples, sample_rate: int, channels: int = 1) -> list[Event]:
+        """Add a chunk of int16 PCM (interleaved when channels > 1); returns the new events.
+
+        Raises AudioFormatError (and changes nothing) when the chunk is malformed.
+        """
+        samples = np.asarray(samples)
+        if channels <= 0:
+            raise AudioFormatError(f"channels={channels}")
+        if sample_rate < 1000 or sample_rate > 384000:
+            raise AudioFormatError(f"sample_rate={sample_rate}")
+        if samples.size % channels:
+            raise AudioFormatError(
+                f"{samples.size} samples is not a whole number of {channels}-channel frames"
+            )
+        events: list[Event] = []
+        if self._resampler is not None and self._resampler.rate_in != sample_rate:
+            # The rate changed: finish the old stream's tail, then start a new resampler.
+            events += self._consume(self._resampler.flush())
+            self._resampler = None
+        if self._resampler is None:
+            self._resampler = Resampler(sample_rate, SAMPLE_RATE)
+        if samples.size == 0:
+            return events
+        mono = to_mono(samples.astype(np.int16, copy=False), channels)
+        audio = int16_to_float32(mono)
+        if sample_rate != SAMPLE_RATE:
+            # io.audio.Resampler streams: output is independent of how the input was chunked.
+            audio = self._resampler.process(audio)
+        return events + self._consume(audio)
+
+    def flush(self) -> list[Event]:
+        """End of stream: score what is buffered and finalise an utterance in progress."""
+        events: list[Event] = []
+        if self._resampler is not None:
+            events += self._consume(self._resampler.flush())
+            self._resampler = None
+        if len(self._buffer):
+            pad = np.zeros(WINDOW - len(self._buffer), np.float32)
+            events += self._consume(pad)
+        if self._state == "speech":
+            events.append(self._end("flush"))
+        else:
+            self._drop_pending()
+        return events
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _consume(self, audio: np.ndarray) -> list[Event]:
+        events: list[Event] = []
+        if len(audio) == 0:
+            return events
+        self._buffer = np.concatenate([self._buffer, audio])
+        count = len(self._buffer) // WINDOW
+        for i in range(count):
+            window = self._buffer[i * WINDOW : (i + 1) * WINDOW]
+            self._step(window, self.vad(window), events)
+        self._buffer = self._buffer[count * WINDOW :].copy()
+        return events
+
+    def _step(self, window: np.ndarray, prob: float, events: list[Event]) -> None:
+        self.windows += 1
+        speech = prob >= self.config.threshold
+        quiet = prob < self._neg_threshold
+        if self._state == "listening":
+            if not speech:
+                self._pre_roll.append(window)
+                return
+            self._state = "pending"
+            self._windows = list(self._pre_roll)
+            self._pre_roll.clear()
+            self._speech_windows = 0
+            self._silence = 0
+        self._windows.append(window)
+        if speech:
+            self._silence = 0
+            self._last_speech = len(self._windows)
+        elif quiet:
+            self._silence += 1
+        if not quiet:
+            self._speech_windows += 1
+        if self._state == "pending":
+            if self._speech_windows >= self._min_speech_windows:
+                self._state = "speech"
+                self._since_partial = 0
+                onset = self.windows - self._speech_windows
+                events.append(SpeechStarted(stream_s=onset * WINDOW_S))
+            elif self._silence >= self._end_windows // 2 + 1:
+                self._drop_pending()  # a click or a cough: back to listening
+            return
+        if self._silence >= self._end_windows:
+            events.append(self._end("silence"))
+            return
+        if len(self._windows) >= self._max_windows:
+            events.append(self._end("max_length"))
+            return
+        self._since_partial += 1
+        # No partial during a pause: the text cannot have changed since the last one.
+        due = self._partial_windows and self._since_partial >= self._partial_windows
+        if due and self._silence == 0:
+            self._since_partial = 0
+            events.append(
+                PartialDue(audio=np.concatenate(self._windows), utterance=self.utterances)
+            )
+
+    def _drop_pending(self) -> None:
+        keep = self._windows[-self._pre_roll.maxlen :] if self._pre_roll.maxlen else []
+        self._state = "listening"
+        self._windows = []
+        self._pre_roll.clear()
+        self._pre_roll.extend(keep)
+
+    def _end(self, reason: str) -> UtteranceEnded:
+        keep = min(len(self._windows), self._last_speech + math.ceil(TRAILING_KEEP_S / WINDOW_S))
+        trailing = (len(self._windows) - self._last_speech) * WINDOW_S
+        audio = np.concatenate(self._windows[:keep]) if keep else np.zeros(0, np.float32)
+        event = UtteranceEnded(
+            audio=audio, utterance=self.utterances, reason=reason, trailing_silence_s=trailing
+        )
+        self.utterances += 1
+        self._state = "listening"
+        self._windows = []
+        self._silence = 0
+        self._speech_windows = 0
+        self._last_speech = 0
+        self._pre_roll.clear()
+        return event

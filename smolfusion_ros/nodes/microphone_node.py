@@ -1,0 +1,368 @@
+"""microphone_node: audio from a sound card or a WAV file, out in fixed mono chunks.
+
+Publishes:   audio (smolfusion_ros/AudioChunk: mono int16 at sample_rate, chunk_ms per
+             message, stamp = wall time of the chunk's first sample),
+             /diagnostics (diagnostic_msgs/DiagnosticArray, 1 Hz: chunks published, level and
+             peak in dBFS and clipping ratio over the last period, source, errors)
+Parameters:  sample_rate (16000), chunk_ms (100), device ("" = the default ALSA input via
+             sounddevice; else a device index or (part of) a device name), wav_file (a WAV file
+             played at real-time pace instead of a device, converted to mono and sample_rate),
+             loop (false: a WAV file ends once, then nothing more is published),
+             wait_for_subscriber_s (2.0: a WAV file starts once `audio` has a subscriber, or
+             after this long, so a listener started with the node hears it from the start),
+             diagnostics_period_s (1.0)
+
+Capture runs on its own thread (the sounddevice callback only queues blocks), so the executor
+is never blocked. A device that is missing or cannot be opened is retried every 2 s and
+reported on /diagnostics; a missing or unreadable WAV file is a configuration error.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+
+from smolfusion_ros.io.audio import (
+    Resampler,
+    WavError,
+    dbfs,
+    read_wav,
+    resample,
+    to_mono,
+)
+from smolfusion_ros.msg import AudioChunk
+from smolfusion_ros.nodes.conversions import stamp_from_wall
+from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.parameters import (
+    ConfigError,
+    ParamSpec,
+    at_least,
+    between,
+    declare_parameters,
+)
+from smolfusion_ros.nodes.runner import run_node
+
+REOPEN_PERIOD_S = 2.0
+SUBSCRIBER_SETTLE_S = 0.3
+CLIP_LEVEL = 32767 * 0.999
+
+
+def _parameter_specs() -> list[ParamSpec]:
+    return [
+        ParamSpec(
+            "sample_rate", 16000, "sample rate of published audio (Hz)", between(8000, 192000)
+        ),
+        ParamSpec("chunk_ms", 100, "audio per message (milliseconds)", between(5, 2000)),
+        ParamSpec("wav_file", "", "play this WAV file at real-time pace instead of a device"),
+        ParamSpec("loop", False, "restart the WAV file at its end"),
+        ParamSpec(
+            "wait_for_subscriber_s",
+            2.0,
+            "WAV file: start when `audio` has a subscriber, or after this many seconds",
+            at_least(0.0),
+        ),
+        ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
+    ]
+
+
+class DeviceCapture:
+    """A sounddevice InputStream whose callback only queues int16 blocks."""
+
+    def __init__(self, device: int | str | None, sample_rate: int, block_frames: int) -> None:
+        try:
+            import sounddevice
+        except (ImportError, OSError) as exc:
+            raise ConfigError(f"device capture needs sounddevice and PortAudio: {exc}") from None
+        self._sd = sounddevice
+        self.device = device
+        self.sample_rate = sample_rate
+        self.block_frames = block_frames
+        self.blocks: queue.Queue[np.ndarray] = queue.Queue(maxsize=200)
+        self.overflows = 0
+        self.dropped = 0
+        self.stream = None
+        self.resampler: Resampler | None = None
+
+    def _callback(self, indata, _frames, _time, status) -> None:
+        if status.input_overflow:
+            self.overflows += 1
+        try:
+            self.blocks.put_nowait(indata.copy())
+        except queue.Full:
+            self.dropped += 1
+
+    def open(self) -> str:
+        """Open and start the stream (at sample_rate if the device allows); returns a label."""
+        sd = self._sd
+        info = sd.query_devices(self.device, "input")  # raises for a missing device
+        channels = 1 if info["max_input_channels"] >= 1 else 0
+        if channels == 0:
+            raise RuntimeError(f"{info['name']} has no input channels")
+        rate = self.sample_rate
+        try:
+            sd.check_input_settings(self.device, channels=1, dtype="int16", samplerate=rate)
+        except Exception:
+            rate = int(info["default_samplerate"])  # capture natively, resample here
+        stream = sd.InputStream(
+            samplerate=rate,
+            blocksize=max(1, self.block_frames * rate // self.sample_rate),
+            device=self.device,
+            channels=1,
+            dtype="int16",
+            callback=self._callback,
+        )
+        stream.start()
+        self.stream = stream
+        self.resampler = None if rate == self.sample_rate else Resampler(rate, self.sample_rate)
+        return f"{info['name']} at {rate} Hz"
+
+    def read(self, timeout: float) -> np.ndarray | None:
+        """Mono int16 at sample_rate, or None when nothing arrived in time."""
+        try:
+            block = self.blocks.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        mono = to_mono(block)
+        return self.resampler.process(mono) if self.resampler else mono
+
+    def healthy(self) -> bool:
+        return self.stream is not None and self.stream.active
+
+    def close(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            try:
+                stream.abort()
+                stream.close()
+            except Exception:
+                pass
+
+
+def load_wav(path_text: str, sample_rate: int) -> np.ndarray:
+    """The WAV file as mono int16 at sample_rate; ConfigError when missing or unreadable."""
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"wav_file {path_text!r} does not exist")
+    try:
+        frames, rate = read_wav(path)
+    except (OSError, WavError) as exc:
+        raise ConfigError(f"wav_file {path_text!r} cannot be read: {exc}") from None
+    return resample(to_mono(frames), rate, sample_rate)
+
+
+class MicrophoneNode(Node):
+    def __init__(self, node_name: str = "microphone_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        p = declare_parameters(self, _parameter_specs())
+        # `device` may arrive as an integer (-p device:=2), so it is dynamically typed.
+        device = self.declare_parameter(
+            "device",
+            "",
+            ParameterDescriptor(
+                description="'' = default input; else a device index or (part of) its name",
+                dynamic_typing=True,
+            ),
+        ).value
+        device = "" if device is None else str(device).strip()
+        self._rate = p["sample_rate"]
+        self._chunk = max(1, round(self._rate * p["chunk_ms"] / 1000))
+        self._loop = p["loop"]
+        self._wait_for_subscriber_s = p["wait_for_subscriber_s"]
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._published = 0
+        self._errors = 0
+        self._last_error = ""
+        self._state = "starting"
+        self._level_sq = 0.0
+        self._level_n = 0
+        self._level_peak = 0
+        self._level_clipped = 0
+        self._last_chunk_time: float | None = None
+
+        self._wav: np.ndarray | None = None
+        self._device: DeviceCapture | None = None
+        if p["wav_file"]:
+            self._wav = load_wav(p["wav_file"], self._rate)
+            self._source = f"wav_file {p['wav_file']}"
+            target = self._play_wav
+        else:
+            spec: int | str | None = int(device) if device.isdigit() else (device or None)
+            self._device = DeviceCapture(spec, self._rate, self._chunk)
+            self._source = f"device {device or '(default)'}"
+            target = self._capture_device
+
+        self._audio_pub = self.create_publisher(AudioChunk, "audio", 20)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(
+            p["diagnostics_period_s"], self._publish_diagnostics, MutuallyExclusiveCallbackGroup()
+        )
+        self._thread = threading.Thread(target=target, name="microphone-capture", daemon=True)
+        self._thread.start()
+        self.get_logger().info(
+            f"publishing {self._chunk}-sample chunks at {self._rate} Hz from {self._source}"
+        )
+
+    # ---- capture threads -----------------------------------------------------------------------
+
+    def _play_wav(self) -> None:
+        wav = self._wav
+        n_chunks = math.ceil(len(wav) / self._chunk)
+        chunk_s = self._chunk / self._rate
+        deadline = time.monotonic() + self._wait_for_subscriber_s
+        while self._audio_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            if self._stop.wait(0.02):
+                return
+        # The subscriber's side of a fresh match completes a little later.
+        if self._audio_pub.get_subscription_count() and self._stop.wait(SUBSCRIBER_SETTLE_S):
+            return
+        wall0, start = time.time(), time.monotonic()
+        with self._lock:
+            self._state = "playing"
+        k = 0  # chunks sent since start (across loops)
+        while not self._stop.is_set():
+            i = k % n_chunks if n_chunks else 0
+            if n_chunks == 0 or (k >= n_chunks and not self._loop):
+                with self._lock:
+                    self._state = "finished"
+                self.get_logger().info(f"{self._source} finished after {k} chunks")
+                return
+            # A chunk goes out once its audio has "been heard", as from a real microphone.
+            if self._stop.wait(max(0.0, start + (k + 1) * chunk_s - time.monotonic())):
+                return
+            piece = wav[i * self._chunk : (i + 1) * self._chunk]
+            if len(piece) < self._chunk:
+                piece = np.concatenate([piece, np.zeros(self._chunk - len(piece), np.int16)])
+            self._publish(piece, wall0 + k * chunk_s)
+            k += 1
+
+    def _capture_device(self) -> None:
+        capture = self._device
+        pending = np.zeros(0, dtype=np.int16)
+        while not self._stop.is_set():
+            if not capture.healthy():
+                capture.close()
+                try:
+                    label = capture.open()
+                except Exception as exc:
+                    self._record_error(
+                        f"cannot open input {self._source}: {exc}; "
+                        f"retrying every {REOPEN_PERIOD_S:.0f} s",
+                        "retrying",
+                    )
+                    self._stop.wait(REOPEN_PERIOD_S)
+                    continue
+                pending = np.zeros(0, dtype=np.int16)
+                with self._lock:
+                    self._state = "capturing"
+                self.get_logger().info(f"capturing from {label}")
+            block = capture.read(timeout=0.5)
+            if block is None:
+                continue
+            pending = np.concatenate([pending, block])
+            while len(pending) >= self._chunk:
+                piece, pending = pending[: self._chunk], pending[self._chunk :]
+                start = time.time() - (len(pending) + self._chunk) / self._rate
+                self._publish(piece, start)
+        capture.close()
+
+    def _publish(self, samples: np.ndarray, wall_start: float) -> None:
+        data = array.array("h")
+        data.frombytes(np.ascontiguousarray(samples, dtype="<i2").tobytes())
+        self._audio_pub.publish(
+            AudioChunk(
+                stamp=stamp_from_wall(wall_start),
+                sample_rate=self._rate,
+                channels=1,
+                samples=data,
+            )
+        )
+        x = samples.astype(np.float64)
+        with self._lock:
+            self._published += 1
+            self._last_chunk_time = time.monotonic()
+            self._level_sq += float(np.dot(x, x))
+            self._level_n += len(x)
+            self._level_peak = max(self._level_peak, int(np.max(np.abs(x))) if len(x) else 0)
+            self._level_clipped += int(np.count_nonzero(np.abs(x) >= CLIP_LEVEL))
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+
+    def _record_error(self, error: str, state: str) -> None:
+        with self._lock:
+            first = self._last_error != error
+            self._errors += 1
+            self._last_error = error
+            self._state = state
+        if first:
+            self.get_logger().error(error)
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            n, sq, peak, clipped = (
+                self._level_n,
+                self._level_sq,
+                self._level_peak,
+                self._level_clipped,
+            )
+            self._level_n, self._level_sq, self._level_peak, self._level_clipped = 0, 0.0, 0, 0
+            published, errors, last_error, state = (
+                self._published,
+                self._errors,
+                self._last_error,
+                self._state,
+            )
+            last_chunk = self._last_chunk_time
+        level = math.sqrt(sq / n) / 32767 if n else 0.0
+        idle_s = time.monotonic() - last_chunk if last_chunk is not None else None
+        if state == "retrying":
+            status, message = DiagnosticStatus.ERROR, f"no input device: {last_error}"
+        elif state == "finished":
+            status, message = DiagnosticStatus.OK, "WAV file finished"
+        elif idle_s is None or idle_s > 2.0:
+            waiting = "no audio yet" if idle_s is None else f"no audio for {idle_s:.0f} s"
+            status, message = DiagnosticStatus.WARN, waiting
+        else:
+            status, message = DiagnosticStatus.OK, state
+        values = {
+            "chunks_published": published,
+            "level_dbfs": f"{dbfs(level):.1f}",
+            "peak_dbfs": f"{dbfs(peak / 32767):.1f}",
+            "clipping_ratio": f"{clipped / n if n else 0.0:.4f}",
+            "sample_rate": self._rate,
+            "chunk_samples": self._chunk,
+            "source": self._source,
+            "state": state,
+            "errors": errors,
+            "last_error": last_error,
+        }
+        if self._device is not None:
+            values["overflows"] = self._device.overflows
+            values["dropped_blocks"] = self._device.dropped
+        self._diag_pub.publish(
+            diagnostic_array(self, "microphone", status, message, self._source, values)
+        )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(3)
+        if self._device is not None:
+            self._device.close()
+
+
+def main() -> None:
+    run_node(MicrophoneNode)
+
+
+if __name__ == "__main__":
+    main()

