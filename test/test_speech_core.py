@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 import pytest
-from speech_samples import read_wav, synthesize_wav
+from speech_samples import normalise, read_wav, synthesize_wav, word_errors
 
 from smolfusion_ros import catalogue
 from smolfusion_ros.backends.registry import create_stt_backend, stt_backend_names
@@ -256,23 +256,6 @@ def test_bad_vad_config_is_rejected():
 
 
 # ---- back ends -------------------------------------------------------------------------------
-
-
-def normalise(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
-
-
-def word_errors(reference: list[str], hypothesis: list[str]) -> int:
-    """Levenshtein distance over words (substitutions + deletions + insertions)."""
-    row = list(range(len(hypothesis) + 1))
-    for i, ref_word in enumerate(reference, 1):
-        previous, row[0] = row[0], i
-        for j, hyp_word in enumerate(hypothesis, 1):
-            previous, row[j] = (
-                row[j],
-                min(row[j] + 1, row[j - 1] + 1, previous + (ref_word != hyp_word)),
-            )
-    return row[-1]
 
 
 def test_word_errors():

@@ -11,13 +11,20 @@ import numpy as np
 import pytest
 from conftest import make_client, unique_namespace, wait_for
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from speech_samples import read_wav, synthesize_wav
+from speech_samples import normalise, read_wav, synthesize_wav, word_errors, write_wav
 from std_msgs.msg import Bool
 
 from smolfusion_ros.msg import Turn, Utterance
 
 pytestmark = [pytest.mark.ros, pytest.mark.model]
 QUESTION = "What is the capital of France?"
+SENTENCES = (
+    "The weather is very nice today.",
+    "Please bring me a glass of water from the kitchen.",
+    "My name is Anna and I live in a small house.",
+    "Turn left at the next corner and walk to the door.",
+    "Can you tell me what time it is now?",
+)
 
 
 def test_a_spoken_question_is_heard_answered_and_spoken(ros_node, start_node, tmp_path):
@@ -67,3 +74,34 @@ def test_a_spoken_question_is_heard_answered_and_spoken(ros_node, start_node, tm
     ), speaking
     audio, rate = read_wav(sorted(spoken.glob("*.wav"))[0])
     assert rate > 0 and np.sqrt(np.mean(audio.astype(np.float64) ** 2)) > 200
+
+
+def test_sentences_played_through_the_microphone_are_transcribed(ros_node, start_node, tmp_path):
+    """microphone_node plays a WAV of five sentences with pauses into speech_node (both
+    processes); the final utterances match with a word error rate of at most 10 %."""
+    namespace = unique_namespace("dictation")
+    pieces = []
+    for k, sentence in enumerate(SENTENCES):
+        frames, rate = read_wav(synthesize_wav(sentence, tmp_path / f"{k}.wav", sample_rate=16000))
+        pieces += [frames[:, 0], np.zeros(int(1.2 * rate), np.int16)]
+    wav = write_wav(tmp_path / "dictation.wav", np.concatenate(pieces), 16000)
+    finals = []
+    ros_node.create_subscription(
+        Utterance, f"{namespace}/utterance", lambda u: finals.append(u) if u.is_final else None, 50
+    )
+    start_node("smolfusion_ros.nodes.speech_node", namespace, params={"session_id": "dictation"})
+    start_node(
+        "smolfusion_ros.nodes.microphone_node",
+        namespace,
+        params={"wav_file": str(wav), "wait_for_subscriber_s": 10.0},
+    )
+    assert wait_for(lambda: len(finals) >= len(SENTENCES), 60), [u.text for u in finals]
+    reference = [w for s in SENTENCES for w in normalise(s)]
+    hypothesis = [w for u in finals for w in normalise(u.text)]
+    wer = word_errors(reference, hypothesis) / len(reference)
+    print(
+        f"microphone_node -> speech_node: WER {wer:.1%} over {len(reference)} words: "
+        f"{[u.text for u in finals]}"
+    )
+    assert wer <= 0.10
+    assert all(u.source == "speech" and u.locale == "en" and 0 < u.confidence <= 1 for u in finals)
