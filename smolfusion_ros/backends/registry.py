@@ -1,56 +1,69 @@
-"""One registry that maps back-end names from a profile to factories.
+"""One registry per kind of back end; profiles pick back ends by name through them.
 
-Nodes and the core never import a concrete back end: they ask the registry by name. A
-factory receives the back end's options as keyword arguments (already validated by the node).
+Nodes and the core never import a concrete back end: they ask a registry by name. A factory
+receives the node's options as keyword arguments (already validated by the node) and imports
+its back end lazily, so listing the names never loads a model runtime.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from smolfusion_ros.backends.llm.base import LLMBackend
+from smolfusion_ros.backends.stt.base import SpeechToText
+from smolfusion_ros.backends.tts.base import TextToSpeech
 from smolfusion_ros.backends.vlm.base import VisionBackend
 
-LLMFactory = Callable[..., LLMBackend]
-VisionFactory = Callable[..., VisionBackend]
-
-_llm_factories: dict[str, LLMFactory] = {}
-_vision_factories: dict[str, VisionFactory] = {}
+T = TypeVar("T")
 
 
-def register_llm_backend(name: str, factory: LLMFactory) -> None:
-    _llm_factories[name] = factory
+class Registry(Generic[T]):
+    def __init__(self, kind: str) -> None:
+        self._kind = kind
+        self._factories: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str, factory: Callable[..., T]) -> None:
+        self._factories[name] = factory
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def create(self, name: str, **options: Any) -> T:
+        try:
+            factory = self._factories[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none"
+            raise ValueError(f"unknown {self._kind} back end '{name}' (known: {known})") from None
+        return factory(**options)
 
 
-def llm_backend_names() -> list[str]:
-    return sorted(_llm_factories)
+llm_backends: Registry[LLMBackend] = Registry("LLM")
+vision_backends: Registry[VisionBackend] = Registry("vision")
+tts_backends: Registry[TextToSpeech] = Registry("TTS")
+stt_backends: Registry[SpeechToText] = Registry("speech-to-text")
 
-
-def create_llm_backend(name: str, **options: Any) -> LLMBackend:
-    try:
-        factory = _llm_factories[name]
-    except KeyError:
-        known = ", ".join(llm_backend_names())
-        raise ValueError(f"unknown LLM back end '{name}' (known: {known})") from None
-    return factory(**options)
-
-
-def register_vision_backend(name: str, factory: VisionFactory) -> None:
-    _vision_factories[name] = factory
-
-
-def vision_backend_names() -> list[str]:
-    return sorted(_vision_factories)
-
-
-def create_vision_backend(name: str, **options: Any) -> VisionBackend:
-    try:
-        factory = _vision_factories[name]
-    except KeyError:
-        known = ", ".join(vision_backend_names()) or "none"
-        raise ValueError(f"unknown vision back end '{name}' (known: {known})") from None
-    return factory(**options)
+# The names the nodes and tests use.
+register_llm_backend, llm_backend_names, create_llm_backend = (
+    llm_backends.register,
+    llm_backends.names,
+    llm_backends.create,
+)
+register_vision_backend, vision_backend_names, create_vision_backend = (
+    vision_backends.register,
+    vision_backends.names,
+    vision_backends.create,
+)
+register_tts_backend, tts_backend_names, create_tts_backend = (
+    tts_backends.register,
+    tts_backends.names,
+    tts_backends.create,
+)
+register_stt_backend, stt_backend_names, create_stt_backend = (
+    stt_backends.register,
+    stt_backends.names,
+    stt_backends.create,
+)
 
 
 def _llama_cpp(**options: Any) -> LLMBackend:
@@ -113,31 +126,7 @@ register_vision_backend("transformers_vlm", _transformers_vlm)
 register_vision_backend("openai_vlm", _openai_vlm)
 
 
-# ---- text to speech ------------------------------------------------------------------------
-# TTS factories receive voice, rate_wpm and volume (1.0 = the engine's normal loudness).
-
-from smolfusion_ros.backends.tts.base import TextToSpeech  # noqa: E402
-
-TTSFactory = Callable[..., TextToSpeech]
-
-_tts_factories: dict[str, TTSFactory] = {}
-
-
-def register_tts_backend(name: str, factory: TTSFactory) -> None:
-    _tts_factories[name] = factory
-
-
-def tts_backend_names() -> list[str]:
-    return sorted(_tts_factories)
-
-
-def create_tts_backend(name: str, **options: Any) -> TextToSpeech:
-    try:
-        factory = _tts_factories[name]
-    except KeyError:
-        known = ", ".join(tts_backend_names()) or "none"
-        raise ValueError(f"unknown TTS back end '{name}' (known: {known})") from None
-    return factory(**options)
+# ---- text to speech: factories receive voice, rate_wpm and volume.
 
 
 def _espeak(**options: Any) -> TextToSpeech:
@@ -154,32 +143,8 @@ def _espeak(**options: Any) -> TextToSpeech:
 register_tts_backend("espeak", _espeak)
 
 
-# ---- speech to text --------------------------------------------------------------------------
-# STT factories receive model_path (a resolved local directory), language, n_threads,
-# beam_size, device and compute_type (unset ones are empty or 0) and pass on what applies.
-
-from smolfusion_ros.backends.stt.base import SpeechToText  # noqa: E402  (numpy only)
-
-STTFactory = Callable[..., SpeechToText]
-
-_stt_factories: dict[str, STTFactory] = {}
-
-
-def register_stt_backend(name: str, factory: STTFactory) -> None:
-    _stt_factories[name] = factory
-
-
-def stt_backend_names() -> list[str]:
-    return sorted(_stt_factories)
-
-
-def create_stt_backend(name: str, **options: Any) -> SpeechToText:
-    try:
-        factory = _stt_factories[name]
-    except KeyError:
-        known = ", ".join(stt_backend_names()) or "none"
-        raise ValueError(f"unknown speech back end '{name}' (known: {known})") from None
-    return factory(**options)
+# ---- speech to text: factories receive model_path (a resolved local directory), language,
+# n_threads, beam_size, device and compute_type (unset ones empty or 0).
 
 
 def _faster_whisper(**options: Any) -> SpeechToText:
