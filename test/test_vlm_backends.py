@@ -25,7 +25,8 @@ import pytest
 
 from smolfusion_ros.backends.registry import create_vision_backend, vision_backend_names
 from smolfusion_ros.backends.vlm.base import VisionBackendError
-from smolfusion_ros.backends.vlm.llama_cpp_vlm import LlamaCppVisionBackend, image_data_uri
+from smolfusion_ros.backends.vlm.common import image_data_uri
+from smolfusion_ros.backends.vlm.llama_cpp_vlm import LlamaCppVisionBackend
 from smolfusion_ros.backends.vlm.openai_vlm import OpenAIVisionBackend
 from smolfusion_ros.backends.vlm.transformers_vlm import TransformersVisionBackend
 

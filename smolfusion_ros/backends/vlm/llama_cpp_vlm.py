@@ -8,68 +8,22 @@ Runs SmolVLM-256M/500M-Instruct (Q8_0 + f16 mmproj) on a CPU, a Jetson or a CUDA
 
 from __future__ import annotations
 
-import base64
 import os
 import random
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from smolfusion_ros.backends.vlm.base import VisionBackendError, VisionResult
-
-DEFAULT_PROMPT = "Describe what you see in one short sentence."
-
-TokenCallback = Callable[[str], None]
-
-
-def check_image(image_rgb: np.ndarray) -> np.ndarray:
-    """Return `image_rgb` as a contiguous HxWx3 uint8 array, or raise VisionBackendError."""
-    image = np.asarray(image_rgb)
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-        raise VisionBackendError(f"expected an HxWx3 RGB image, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise VisionBackendError(f"expected a uint8 RGB image, got dtype {image.dtype}")
-    return np.ascontiguousarray(image)
-
-
-def image_data_uri(image_rgb: np.ndarray, image_format: str = "png", quality: int = 90) -> str:
-    """Encode an HxWx3 uint8 RGB array as a `data:image/...;base64,` URI (PNG or JPEG)."""
-    import cv2
-
-    image = check_image(image_rgb)
-    fmt = image_format.lower()
-    if fmt in ("jpg", "jpeg"):
-        ext, mime, params = ".jpg", "image/jpeg", [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)]
-    elif fmt == "png":
-        ext, mime, params = ".png", "image/png", []
-    else:
-        raise VisionBackendError(f"unsupported image format {image_format!r} (png or jpeg)")
-    ok, encoded = cv2.imencode(ext, image[:, :, ::-1], params)  # OpenCV encodes BGR
-    if not ok:
-        raise VisionBackendError(f"could not encode the image as {fmt}")
-    return f"data:{mime};base64,{base64.b64encode(encoded.tobytes()).decode('ascii')}"
-
-
-def vision_messages(
-    image_uri: str, prompt: str, system_prompt: str = ""
-) -> list[dict[str, object]]:
-    """OpenAI-style chat messages: optional system prompt, then one image and the question."""
-    messages: list[dict[str, object]] = []
-    if system_prompt:
-        messages.append({"role": "system", "content": system_prompt})
-    messages.append(
-        {
-            "role": "user",
-            "content": [
-                {"type": "image_url", "image_url": {"url": image_uri}},
-                {"type": "text", "text": prompt},
-            ],
-        }
-    )
-    return messages
+from smolfusion_ros.backends.vlm.common import (
+    DEFAULT_PROMPT,
+    TokenCallback,
+    image_data_uri,
+    vision_messages,
+    vlm_result,
+)
 
 
 class LlamaCppVisionBackend:
@@ -190,7 +144,7 @@ class LlamaCppVisionBackend:
         cancelled = cancel.is_set()
         with self._lock:
             if cancelled:
-                return self._result("", start, 0, None, True)
+                return vlm_result(self, "", start, 0, None, True)
             seed = self.seed if self.seed >= 0 else random.getrandbits(31)
             try:
                 stream = self._llm.create_chat_completion(
@@ -222,23 +176,7 @@ class LlamaCppVisionBackend:
                     stream.close()
             except ValueError as exc:  # llama-cpp-python reports prompt/image errors so
                 raise VisionBackendError(f"llama.cpp VLM failed: {exc}") from exc
-        return self._result("".join(pieces), start, tokens, ttft, cancelled)
-
-    def _result(
-        self, text: str, start: float, tokens: int, ttft: float | None, cancelled: bool
-    ) -> VisionResult:
-        return VisionResult(
-            text=text.strip(),
-            kind=self.kind,
-            model=self.model_name,
-            latency_s=time.monotonic() - start,
-            details={
-                "backend": self.name,
-                "tokens": tokens,
-                "ttft_s": ttft,
-                "cancelled": cancelled,
-            },
-        )
+        return vlm_result(self, "".join(pieces), start, tokens, ttft, cancelled)
 
     def close(self) -> None:
         with self._lock:

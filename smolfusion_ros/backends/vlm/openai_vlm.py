@@ -14,19 +14,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from smolfusion_ros.backends.vlm.base import VisionBackendError, VisionResult
-from smolfusion_ros.backends.vlm.llama_cpp_vlm import (
+from smolfusion_ros.backends.vlm.common import (
     DEFAULT_PROMPT,
+    TokenCallback,
     image_data_uri,
     vision_messages,
+    vlm_result,
 )
-
-TokenCallback = Callable[[str], None]
 
 
 class OpenAIVisionBackend:
@@ -183,7 +183,7 @@ class OpenAIVisionBackend:
         url = f"{self._base_url}/chat/completions"
         start = time.monotonic()
         if cancel.is_set():
-            return self._result("", start, 0, None, True)
+            return vlm_result(self, "", start, 0, None, True)
         pieces: list[str] = []
         tokens = 0
         ttft = None
@@ -226,23 +226,7 @@ class OpenAIVisionBackend:
                 raise VisionBackendError(
                     f"VLM server {url} stalled for more than {self._timeout_s:g} s"
                 ) from exc
-        return self._result("".join(pieces), start, tokens, ttft, cancelled)
-
-    def _result(
-        self, text: str, start: float, tokens: int, ttft: float | None, cancelled: bool
-    ) -> VisionResult:
-        return VisionResult(
-            text=text.strip(),
-            kind=self.kind,
-            model=self.model_name,
-            latency_s=time.monotonic() - start,
-            details={
-                "backend": self.name,
-                "tokens": tokens,
-                "ttft_s": ttft,
-                "cancelled": cancelled,
-            },
-        )
+        return vlm_result(self, "".join(pieces), start, tokens, ttft, cancelled)
 
     def close(self) -> None:
         """Nothing is held between requests."""

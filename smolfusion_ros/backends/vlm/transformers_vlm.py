@@ -24,9 +24,12 @@ from typing import Any
 import numpy as np
 
 from smolfusion_ros.backends.vlm.base import VisionBackendError, VisionResult
-from smolfusion_ros.backends.vlm.llama_cpp_vlm import DEFAULT_PROMPT, check_image
-
-TokenCallback = Callable[[str], None]
+from smolfusion_ros.backends.vlm.common import (
+    DEFAULT_PROMPT,
+    TokenCallback,
+    check_image,
+    vlm_result,
+)
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
 
@@ -197,7 +200,7 @@ class TransformersVisionBackend:
         )
         start = time.monotonic()
         if cancel.is_set():
-            return self._result("", start, 0, None, True)
+            return vlm_result(self, "", start, 0, None, True, device=self.device)
 
         text = self._processor.apply_chat_template(messages, add_generation_prompt=True)
         inputs = self._processor(text=[text], images=[[image]], return_tensors="pt")
@@ -249,23 +252,8 @@ class TransformersVisionBackend:
                 raise VisionBackendError(f"transformers VLM failed: {exc}") from exc
         ttft = first_piece_at[0] if first_piece_at else None
         cancelled = state["cancelled"] or cancel.is_set()
-        return self._result("".join(pieces), start, state["tokens"], ttft, cancelled)
-
-    def _result(
-        self, text: str, start: float, tokens: int, ttft: float | None, cancelled: bool
-    ) -> VisionResult:
-        return VisionResult(
-            text=text.strip(),
-            kind=self.kind,
-            model=self.model_name,
-            latency_s=time.monotonic() - start,
-            details={
-                "backend": self.name,
-                "device": self.device,
-                "tokens": tokens,
-                "ttft_s": ttft,
-                "cancelled": cancelled,
-            },
+        return vlm_result(
+            self, "".join(pieces), start, state["tokens"], ttft, cancelled, device=self.device
         )
 
     def close(self) -> None:
