@@ -37,12 +37,12 @@ from smolfusion_ros.io.frame_gate import FrameGate, Verdict
 from smolfusion_ros.io.image_convert import (
     ImageConversionError,
     check_image_fields,
-    cv_bridge_to_rgb,
     image_to_rgb,
     is_supported,
     rgb_to_image_fields,
     ros2_cv_bridge,
 )
+from smolfusion_ros.nodes.conversions import image_msg_to_rgb
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
@@ -250,18 +250,7 @@ class CameraNode(Node):
             self._count("skipped_rate")
             return
         try:
-            if known or self._bridge is None:
-                rgb = image_to_rgb(
-                    msg.encoding,
-                    msg.height,
-                    msg.width,
-                    msg.step,
-                    msg.data,
-                    bool(msg.is_bigendian),
-                    self._max_side,
-                )
-            else:
-                rgb = cv_bridge_to_rgb(self._bridge, msg, self._max_side)
+            rgb = image_msg_to_rgb(msg, self._max_side, self._bridge)
         except ImageConversionError as exc:
             self._count_error("dropped_bad", str(exc))
             return

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 from builtin_interfaces.msg import Time
 
 from smolfusion_ros.core.jobs import ChatResult
 from smolfusion_ros.core.requests import ChatRequest
+from smolfusion_ros.io.image_convert import cv_bridge_to_rgb, image_to_rgb, is_supported
 
 
 def stamp_from_wall(seconds: float | None = None) -> Time:
@@ -42,3 +44,22 @@ def fill_chat_response(target, result: ChatResult):
     if hasattr(target, "cancelled"):
         target.cancelled = result.cancelled
     return target
+
+
+def image_msg_to_rgb(msg, max_side: int = 0, bridge=None) -> np.ndarray:
+    """sensor_msgs/Image -> HxWx3 uint8 RGB (longest side <= max_side when it is > 0).
+
+    The package's converter handles every encoding it knows; a real ROS 2 cv_bridge, when
+    given, takes the rest. Raises ImageConversionError for a malformed or unknown image.
+    """
+    if is_supported(msg.encoding) or bridge is None:
+        return image_to_rgb(
+            msg.encoding,
+            msg.height,
+            msg.width,
+            msg.step,
+            msg.data,
+            bool(msg.is_bigendian),
+            max_side,
+        )
+    return cv_bridge_to_rgb(bridge, msg, max_side)

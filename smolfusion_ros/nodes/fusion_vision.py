@@ -22,10 +22,10 @@ from smolfusion_ros.backends import registry
 from smolfusion_ros.core.people import PersonTracker
 from smolfusion_ros.core.routing import DEFAULT_VISUAL_PATTERNS, VisualTurnClassifier
 from smolfusion_ros.core.scene import LatestFrame, Scene, VisionUnavailable, VisionWorker
-from smolfusion_ros.io.image_convert import ImageConversionError, image_to_rgb, rgb_to_image_fields
+from smolfusion_ros.io.image_convert import ImageConversionError, rgb_to_image_fields
 from smolfusion_ros.io.overlay import draw_caption
 from smolfusion_ros.msg import ResponseChunk, SceneContext, Turn
-from smolfusion_ros.nodes.conversions import stamp_from_wall
+from smolfusion_ros.nodes.conversions import image_msg_to_rgb, stamp_from_wall
 from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, at_least, between
 from smolfusion_ros.srv import Analyze
 
@@ -159,15 +159,7 @@ class VisionBridge:
     # ------------------------------------------------------------------- input
     def _on_frame(self, msg: Image) -> None:
         try:
-            rgb = image_to_rgb(
-                msg.encoding,
-                msg.height,
-                msg.width,
-                msg.step,
-                msg.data,
-                bool(msg.is_bigendian),
-                max_side=self._p["vision.max_side"],
-            )
+            rgb = image_msg_to_rgb(msg, self._p["vision.max_side"])
         except ImageConversionError as exc:
             self.frames_bad += 1
             self._node.get_logger().warning(
@@ -181,16 +173,7 @@ class VisionBridge:
         image = None
         try:
             if request.image.height or request.image.width or len(request.image.data):
-                img = request.image
-                image = image_to_rgb(
-                    img.encoding,
-                    img.height,
-                    img.width,
-                    img.step,
-                    img.data,
-                    bool(img.is_bigendian),
-                    max_side=self._p["vision.max_side"],
-                )
+                image = image_msg_to_rgb(request.image, self._p["vision.max_side"])
             result, _stamp = self.worker.ask(
                 request.prompt.strip(), image, timeout=self._p["vision.timeout_s"]
             )
