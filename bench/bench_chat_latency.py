@@ -49,6 +49,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -188,6 +189,9 @@ def start_node(llm: dict, yaml_path: Path, env: dict, log_path: Path) -> subproc
     log_path.write_text(" ".join(cmd) + "\n")
     # Not the checkout root as cwd: `-m` would import the source tree, which lacks the
     # generated interfaces, instead of the package installed in the venv.
+    # A fresh ROS_HOME: the node keeps conversations in its memory database, and history from
+    # an earlier run would lengthen this run's prompts (the direct baseline has none).
+    env = env | {"ROS_HOME": tempfile.mkdtemp(prefix="bench-chat-ros-home-")}
     with open(log_path, "a") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             cmd, env=env, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT

@@ -24,7 +24,8 @@ from smolfusion_ros.core.people import PersonTracker, PersonUpdate
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.02
+# While the LLM generates, how often the worker checks whether it may describe again.
+LLM_BUSY_POLL_S = 0.05
 
 
 class VisionUnavailable(Exception):
@@ -43,6 +44,7 @@ class LatestFrame:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.arrived = threading.Event()  # set on every put(); the vision worker waits on it
         self._frame: Frame | None = None
         self._seq = 0
         self._used_seq = 0
@@ -54,7 +56,9 @@ class LatestFrame:
                 self.dropped += 1
             self._seq += 1
             self._frame = Frame(image, stamp, self._seq)
-            return self._seq
+            seq = self._seq
+        self.arrived.set()
+        return seq
 
     def latest(self) -> Frame | None:
         with self._lock:
@@ -138,6 +142,7 @@ class VisionWorker:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._background_cancel.set()
+        self.frames.arrived.set()
         self._thread.join(timeout)
         while True:
             try:
@@ -188,6 +193,7 @@ class VisionWorker:
         except queue.Full:
             raise VisionUnavailable("busy: too many visual questions are waiting") from None
         self._background_cancel.set()  # the person's question goes before the scene loop
+        self.frames.arrived.set()  # wake the worker
         if not question.done.wait(timeout):
             raise VisionUnavailable(f"no visual answer within {timeout} s")
         if question.result is None:
@@ -206,15 +212,20 @@ class VisionWorker:
         described_seq = 0
         next_scene_at = 0.0
         while not self._stop.is_set():
+            # Sleep until a frame or a question arrives, the next scene is due, or (while the
+            # LLM generates) the next check: no polling while the camera is quiet.
+            self.frames.arrived.clear()
             try:
-                self._answer(self._questions.get(timeout=POLL_S))
+                self._answer(self._questions.get_nowait())
                 continue
             except queue.Empty:
                 pass
-            if time.monotonic() < next_scene_at or self._llm_busy():
-                continue
             frame = self.frames.newer_than(described_seq)
-            if frame is None:
+            wait = None if frame is None else max(0.0, next_scene_at - time.monotonic())
+            if frame is not None and wait == 0.0 and self._llm_busy():
+                wait = LLM_BUSY_POLL_S
+            if wait is None or wait > 0.0:
+                self.frames.arrived.wait(wait)
                 continue
             if self._describe_scene(frame):
                 described_seq = frame.seq
