@@ -14,6 +14,12 @@ WITH_DEV="${1:-}"   # "--dev" adds the test and lint tools
 
 log() { printf '[bootstrap] %s\n' "$*"; }
 
+# One bootstrap at a time per venv: two concurrent runs (a test run and a demo, say) would
+# otherwise race in pip and in the shared CMake build directory.
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.bootstrap.lock"
+flock 9
+
 # espeak-ng speaks (tts_node) and synthesises the speech tests; PortAudio lets sounddevice
 # reach ALSA devices. Both come from the distribution.
 if ! command -v espeak-ng >/dev/null 2>&1 || ! ldconfig -p | grep -q libportaudio.so.2; then
