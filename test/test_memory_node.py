@@ -242,3 +242,67 @@ def test_turns_fusion_stores_are_served_and_announced_by_memory_node(
     )
     found = memory.call("search_memory", query="locker", session_id="locker")
     assert found.turns and found.turns[0].session_id == "locker"
+
+
+def test_a_retried_append_is_stored_once_even_after_kill_9(ros_node, start_node, tmp_path):
+    """A client that got no reply (timeout, lost response, node killed between the commit and
+    the reply) retries with the same append_id; every id ends up stored exactly once."""
+    namespace = unique_namespace("memonce")
+    db = tmp_path / "once.db"
+    process = _start(start_node, namespace, db)
+    memory = MemoryClient(ros_node, namespace)
+    memory.wait()
+
+    def append(client, append_id: str, text: str, timeout: float = 10):
+        turn = Turn(session_id="once", role="user", text=text, source="test")
+        return client.call("append_turn", timeout=timeout, turn=turn, append_id=append_id)
+
+    # A retry on a living node (the first reply was "lost"): same turn_id, one row.
+    first = append(memory, "retry-0", "retried on a living node")
+    again = append(memory, "retry-0", "retried on a living node")
+    assert first.success and again.success and again.turn_id == first.turn_id
+
+    sent: dict[str, str] = {"retry-0": "retried on a living node"}
+    acknowledged: dict[str, int] = {"retry-0": first.turn_id}
+    stop = threading.Event()
+
+    def burst(writer: int) -> None:
+        i = 0
+        while not stop.is_set():
+            append_id, text = f"w{writer}-{i}", f"writer {writer} turn {i}"
+            sent[append_id] = text  # from here on it may be on disk, acknowledged or not
+            try:
+                response = append(memory, append_id, text, timeout=2)
+            except Exception:
+                return  # no reply: the node is gone
+            if response.success:
+                acknowledged[append_id] = response.turn_id
+            i += 1
+
+    writers = [threading.Thread(target=burst, args=(n,)) for n in range(4)]
+    for writer in writers:
+        writer.start()
+    assert wait_for(lambda: len(acknowledged) >= 60, 30)
+    process.proc.send_signal(signal.SIGKILL)  # mid-burst: some turns committed, never acked
+    process.proc.wait(10)
+    stop.set()
+    for writer in writers:
+        writer.join(10)
+
+    namespace2 = unique_namespace("memonce2")
+    _start(start_node, namespace2, db)
+    memory2 = MemoryClient(ros_node, namespace2)
+    memory2.wait()
+    # The clients retry everything they sent, acknowledged or not.
+    for append_id, text in sent.items():
+        response = append(memory2, append_id, text)
+        assert response.success, response.error
+        if append_id in acknowledged:
+            assert response.turn_id == acknowledged[append_id], append_id
+    history = memory2.call("get_history", session_id="once", max_turns=100_000)
+    texts = [t.text for t in history.turns]
+    duplicates = len(texts) - len(set(texts))
+    assert duplicates == 0, f"{duplicates} turns stored twice"
+    assert sorted(texts) == sorted(sent.values())
+    sessions = memory2.call("list_sessions")
+    assert {s.session_id: s.turn_count for s in sessions.sessions}["once"] == len(sent)

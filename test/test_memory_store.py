@@ -162,3 +162,129 @@ def test_several_processes_can_create_a_fresh_database_at_once(tmp_path):
     errors = [p.stderr.read() for p in procs if p.wait(60) != 0]
     assert not errors, errors[0]
     assert MemoryStore(path).turn_count() == 4
+
+
+# ---- exactly-once appends (append_id) ------------------------------------------------------
+
+
+def test_a_retried_append_with_the_same_id_stores_one_turn(store):
+    first = store.append_turn("r", "user", "Book a table for two.", append_id="bt-7f3a-1")
+    again = store.append_turn("r", "user", "Book a table for two.", append_id="bt-7f3a-1")
+    assert again.turn_id == first.turn_id and again.append_id == "bt-7f3a-1"
+    assert store.turn_count() == 1
+    assert [s.turn_count for s in store.list_sessions()] == [1]
+    # Without an id every call is a new turn, as before.
+    store.append_turn("r", "user", "Book a table for two.")
+    store.append_turn("r", "user", "Book a table for two.")
+    assert store.turn_count() == 3
+    assert store.list_sessions()[0].turn_count == 3
+    assert [t.append_id for t in store.history("r")] == ["bt-7f3a-1", "", ""]
+
+
+def test_an_append_id_reused_for_a_different_turn_is_refused(store):
+    store.append_turn("r", "user", "first", append_id="dup")
+    for args in (("r", "user", "second"), ("other", "user", "first"), ("r", "assistant", "first")):
+        with pytest.raises(RequestRejected, match="already used for a different turn"):
+            store.append_turn(*args, append_id="dup")
+    with pytest.raises(RequestRejected, match="limit is 128"):
+        store.append_turn("r", "user", "x", append_id="i" * 129)
+    assert store.turn_count() == 1
+
+
+def test_racing_retries_on_two_connections_store_one_turn(tmp_path):
+    """Two stores = two SQLite connections, as fusion_node and memory_node in two processes."""
+    path = tmp_path / "race.db"
+    stores = [MemoryStore(path), MemoryStore(path)]
+    answers: dict[int, set[int]] = {i: set() for i in range(20)}
+    barrier = threading.Barrier(8)
+
+    def retry(n: int) -> None:
+        barrier.wait()
+        for i in range(20):
+            turn = stores[n % 2].append_turn("race", "user", f"turn {i}", append_id=f"id-{i}")
+            answers[i].add(turn.turn_id)
+
+    threads = [threading.Thread(target=retry, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert stores[0].turn_count() == 20
+    assert all(len(turn_ids) == 1 for turn_ids in answers.values())  # all 8 callers of id-i
+    assert stores[1].list_sessions()[0].turn_count == 20
+    for s in stores:
+        s.close()
+
+
+# The schema MemoryStore wrote before append_id existed (SCHEMA_VERSION 1), verbatim.
+_SCHEMA_V1 = (
+    "CREATE TABLE sessions (id TEXT PRIMARY KEY, persona TEXT, created FLOAT,"
+    " last_active FLOAT, turn_count INTEGER)",
+    "CREATE TABLE turns (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT,"
+    " role TEXT, text TEXT, source TEXT, stamp FLOAT, latency_s FLOAT, persona TEXT,"
+    " request_id TEXT)",
+    "CREATE INDEX idx_turns_session_id_id ON turns (session_id, id)",
+    "CREATE TABLE summaries (session_id TEXT PRIMARY KEY, text TEXT,"
+    " up_to_turn_id INTEGER, updated FLOAT)",
+    "CREATE VIRTUAL TABLE turns_fts USING FTS5 (text, content=[turns])",
+    "CREATE TRIGGER turns_ai AFTER INSERT ON turns BEGIN"
+    " INSERT INTO turns_fts (rowid, text) VALUES (new.rowid, new.text); END",
+    "CREATE TRIGGER turns_ad AFTER DELETE ON turns BEGIN"
+    " INSERT INTO turns_fts (turns_fts, rowid, text) VALUES('delete', old.rowid, old.text); END",
+    "CREATE TRIGGER turns_au AFTER UPDATE ON turns BEGIN"
+    " INSERT INTO turns_fts (turns_fts, rowid, text) VALUES('delete', old.rowid, old.text);"
+    " INSERT INTO turns_fts (rowid, text) VALUES (new.rowid, new.text); END",
+    "INSERT INTO turns (session_id, role, text, source, stamp, latency_s, persona, request_id)"
+    " VALUES ('old', 'user', 'An old question about giraffes', 'text', 1.0, 0.0, '', 'r1')",
+    "INSERT INTO turns (session_id, role, text, source, stamp, latency_s, persona, request_id)"
+    " VALUES ('old', 'assistant', 'An old answer', 'llm', 2.0, 0.5, '', 'r1')",
+    "INSERT INTO sessions VALUES ('old', '', 1.0, 2.0, 2)",
+    "PRAGMA user_version=1",
+)
+
+
+def _version_1_database(path) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+def test_a_version_1_database_opens_and_gains_exactly_once_appends(tmp_path):
+    path = tmp_path / "v1.db"
+    _version_1_database(path)
+    store = MemoryStore(path)
+    old = store.history("old")
+    assert [(t.text, t.append_id) for t in old] == [
+        ("An old question about giraffes", ""),
+        ("An old answer", ""),
+    ]
+    first = store.append_turn("old", "user", "A new question", append_id="n-1")
+    assert store.append_turn("old", "user", "A new question", append_id="n-1") == first
+    assert store.turn_count() == 3 and store.list_sessions()[0].turn_count == 3
+    assert store.search("giraffes")[0].text == "An old question about giraffes"
+    assert store.search("new question")[0].turn_id == first.turn_id
+    store.close()
+    import sqlite3
+
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (2,)
+    reopened = MemoryStore(path)  # a second open of the migrated file changes nothing
+    assert reopened.append_turn("old", "user", "A new question", append_id="n-1") == first
+    reopened.close()
+
+
+def test_several_processes_can_open_a_version_1_database_at_once(tmp_path):
+    path = tmp_path / "v1race.db"
+    _version_1_database(path)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, str(path), str(n)], stderr=subprocess.PIPE, text=True
+        )
+        for n in range(4)
+    ]
+    errors = [p.stderr.read() for p in procs if p.wait(60) != 0]
+    assert not errors, errors[0]
+    assert MemoryStore(path).turn_count() == 6

@@ -17,12 +17,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from smolfusion_ros.core.requests import RequestRejected, validate_session_id
 
 ROLES = ("user", "assistant", "system")
-SCHEMA_VERSION = 1
+# 2: turns.append_id (exactly-once appends); version-1 files gain the column when opened.
+SCHEMA_VERSION = 2
+MAX_APPEND_ID_CHARS = 128
 
 
 # AUTOINCREMENT: turn ids are never reused after a clear, so "turns after id N" (events,
@@ -33,7 +33,7 @@ _SCHEMA = (
     " last_active FLOAT, turn_count INTEGER)",
     "CREATE TABLE IF NOT EXISTS turns (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT,"
     " role TEXT, text TEXT, source TEXT, stamp FLOAT, latency_s FLOAT, persona TEXT,"
-    " request_id TEXT)",
+    " request_id TEXT, append_id TEXT)",
     "CREATE INDEX IF NOT EXISTS idx_turns_session_id_id ON turns (session_id, id)",
     "CREATE TABLE IF NOT EXISTS summaries (session_id TEXT PRIMARY KEY, text TEXT,"
     " up_to_turn_id INTEGER, updated FLOAT)",
@@ -46,10 +46,27 @@ _SCHEMA = (
     " INSERT INTO turns_fts (turns_fts, rowid, text) VALUES('delete', old.rowid, old.text);"
     " INSERT INTO turns_fts (rowid, text) VALUES (new.rowid, new.text); END",
 )
+# Run after the column exists (a version-1 file gets it by ALTER TABLE first). NULL, not '',
+# marks "no id": a UNIQUE index allows any number of NULLs, so plain appends never collide.
+_APPEND_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS idx_turns_append_id ON turns (append_id)"
 
 
 class MemoryStoreError(RuntimeError):
     """The database cannot be opened or written; the message names the file and the cause."""
+
+
+def _import_sqlite_utils():
+    """sqlite-utils is imported when a store is opened, not when this module is: a robot
+    without it gets one configuration error naming the pip package instead of a traceback
+    from whichever node imported this module first."""
+    try:
+        import sqlite_utils
+    except ImportError as exc:
+        raise MemoryStoreError(
+            f"the memory database needs the Python package sqlite-utils ({exc}): "
+            "pip install sqlite-utils"
+        ) from None
+    return sqlite_utils
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class StoredTurn:
     latency_s: float
     persona: str
     request_id: str
+    append_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -85,6 +103,7 @@ def _turn(row: dict) -> StoredTurn:
         latency_s=row["latency_s"],
         persona=row["persona"],
         request_id=row["request_id"],
+        append_id=row.get("append_id") or "",
     )
 
 
@@ -95,6 +114,7 @@ class MemoryStore:
         self.path = Path(path).expanduser()
         self.max_turn_chars = max_turn_chars
         self._lock = threading.Lock()
+        sqlite_utils = _import_sqlite_utils()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
@@ -113,7 +133,13 @@ class MemoryStore:
         with self._write_transaction():
             for statement in _SCHEMA:
                 self.db.execute(statement)
-        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            # Migration inside the same transaction: a second process opening a version-1
+            # file at the same moment waits for the lock and then sees the column.
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(turns)").fetchall()}
+            if "append_id" not in columns:
+                self.db.execute("ALTER TABLE turns ADD COLUMN append_id TEXT")
+            self.db.execute(_APPEND_ID_INDEX)
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ writes
     @contextmanager
@@ -140,9 +166,21 @@ class MemoryStore:
         latency_s: float = 0.0,
         persona: str = "",
         request_id: str = "",
+        append_id: str = "",
     ) -> StoredTurn:
-        """Store one turn and commit it before returning. Raises RequestRejected on bad input."""
+        """Store one turn and commit it before returning. Raises RequestRejected on bad input.
+
+        `append_id` makes the append idempotent: a call with an id that is already stored
+        writes nothing and returns the turn the first call stored (a client retrying after a
+        lost reply, a timeout or a crash of this process gets the same turn_id back). The id
+        is stored in the turn's own row, in the same transaction as the turn, so no crash can
+        leave a turn without its id. Empty = no id (every call stores a new turn).
+        """
         session_id = validate_session_id(session_id)
+        if len(append_id) > MAX_APPEND_ID_CHARS:
+            raise RequestRejected(
+                f"append_id is {len(append_id)} characters long; the limit is {MAX_APPEND_ID_CHARS}"
+            )
         if role not in ROLES:
             raise RequestRejected(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         if not text.strip():
@@ -161,10 +199,17 @@ class MemoryStore:
             "latency_s": float(latency_s),
             "persona": persona,
             "request_id": request_id,
+            "append_id": append_id or None,
         }
         with self._lock:
             try:
                 with self._write_transaction():
+                    if append_id:
+                        # Under BEGIN IMMEDIATE: no other writer (thread or process) can
+                        # insert the same id between this lookup and the insert below.
+                        first = self._turn_by_append_id(append_id)
+                        if first is not None:
+                            return self._check_retry(first, session_id, role, text)
                     turn_id = self.db["turns"].insert(record).last_pk
                     self.db.execute(
                         "INSERT INTO sessions (id, persona, created, last_active, turn_count) "
@@ -176,7 +221,22 @@ class MemoryStore:
                     )
             except sqlite3.Error as exc:
                 raise MemoryStoreError(f"cannot write to {self.path}: {exc}") from None
-        return StoredTurn(turn_id=turn_id, **record)
+        return StoredTurn(turn_id=turn_id, **{**record, "append_id": append_id})
+
+    def _turn_by_append_id(self, append_id: str) -> StoredTurn | None:
+        rows = list(self.db.query("SELECT * FROM turns WHERE append_id = ?", [append_id]))
+        return _turn(rows[0]) if rows else None
+
+    @staticmethod
+    def _check_retry(first: StoredTurn, session_id: str, role: str, text: str) -> StoredTurn:
+        """A retry carries the same turn; the same id on a different turn is a client bug
+        that would otherwise silently drop the second turn."""
+        if (first.session_id, first.role, first.text) != (session_id, role, text):
+            raise RequestRejected(
+                f"append_id {first.append_id!r} was already used for a different turn "
+                f"(turn {first.turn_id} in session {first.session_id!r})"
+            )
+        return first
 
     def clear_session(self, session_id: str) -> int:
         """Delete a session's turns and summary; returns the number of turns deleted."""

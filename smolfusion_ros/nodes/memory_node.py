@@ -1,6 +1,7 @@
 """memory_node: conversation memory in one SQLite file, behind ROS services.
 
-Services:   ~/append_turn (AppendTurn; success = committed to disk), ~/get_history
+Services:   ~/append_turn (AppendTurn; success = committed to disk; a retry with the same
+            append_id stores nothing new and returns the first turn_id), ~/get_history
             (GetHistory), ~/list_sessions (ListSessions), ~/clear_session (ClearSession),
             ~/export_session (ExportSession), ~/search_memory (SearchMemory)
 Publishes:  memory_events (MemoryEvent, after each append or clear; turns that other
@@ -169,6 +170,7 @@ class MemoryNode(Node):
             latency_s=turn.latency_s,
             persona=turn.persona,
             request_id=turn.request_id,
+            append_id=request.append_id,
         )
         response.turn_id = stored.turn_id
         self._announce_new_turns()
