@@ -200,3 +200,52 @@ def test_sentence_splitter_ends_sentences_and_cuts_long_ones():
     assert len(pieces) >= 3 and all(len(p) <= 215 for p in pieces)
     assert all(p.endswith(",") for p in pieces[:-1])
     assert " ".join(pieces) == long_text
+
+
+def _has_output_device() -> bool:
+    try:
+        from smolfusion_ros.backends.tts.playback import AudioPlayer
+
+        return not AudioPlayer().unavailable
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(_has_output_device(), reason="needs a machine without an audio output device")
+def test_without_a_sound_card_the_missing_device_is_reported_once(ros_node, start_node):
+    """output=device on a machine with PortAudio but no sound card (this test machine)."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    namespace = unique_namespace("ttsnocard")
+    process = start_node(TTS, namespace, params={"output": "device"}, params_file=None)
+    harness = TTSHarness(ros_node, namespace)
+    harness.wait_ready(process)
+    statuses = []
+    ros_node.create_subscription(
+        DiagnosticArray,
+        "/diagnostics",
+        lambda msg: statuses.extend(s for s in msg.status if s.name.startswith(namespace)),
+        10,
+    )
+    # Answers further apart than any log throttle: each one used to log "playback failed".
+    for n in range(3):
+        if n:
+            time.sleep(5.5)
+        harness.stream(f"req-{n}", f"Answer number {n}.")
+        assert wait_for(lambda n=n: len(harness.audio) == n + 1, 10), process.log
+    assert process.alive()
+    complaints = [
+        line
+        for line in process.log_lines
+        if "output device" in line or "playback failed" in line or "[ERROR]" in line
+    ]
+    assert len(complaints) == 1, "\n".join(complaints)
+    assert "no audio output device" in complaints[0] and "[WARN]" in complaints[0]
+
+    def values() -> dict[str, str]:
+        return {kv.key: kv.value for kv in statuses[-1].values} if statuses else {}
+
+    assert wait_for(lambda: values().get("utterances") == "3", 5), values()
+    assert values()["output_device"].startswith("no audio output device")
+    assert statuses[-1].level == DiagnosticStatus.WARN
+    assert "audio_out only" in statuses[-1].message

@@ -14,8 +14,10 @@ Services:    say (smolfusion_ros/Say): speak a text (after what is queued, or at
              is dropped too).
 Parameters:  backend ("espeak"), voice ("en-us"), rate_wpm (170), volume (1.0 = normal),
              output ("device" = play with sounddevice, "none", or a directory where each
-             utterance is written as NNNNN_<request>.wav), pace_output (false: with "none" or a
-             directory, take as long as the audio, like a speaker), speak_sources
+             utterance is written as NNNNN_<request>.wav; without an output device the node
+             says so once at start and on /diagnostics, and keeps publishing audio_out),
+             pace_output (false: with "none" or a directory, take as long as the audio, like
+             a speaker), speak_sources
              (["llm", "rule", "greeting"]), say_interrupts (false), max_sentence_chars (200),
              diagnostics_period_s (1.0)
 
@@ -41,6 +43,7 @@ from std_srvs.srv import Trigger
 
 from smolfusion_ros.backends.registry import create_tts_backend, tts_backend_names
 from smolfusion_ros.backends.tts.base import Speech, TextToSpeech, TTSBackendError
+from smolfusion_ros.backends.tts.playback import AudioPlayer, PlaybackError
 from smolfusion_ros.io.audio import write_wav
 from smolfusion_ros.msg import AudioChunk, ResponseChunk
 from smolfusion_ros.nodes.conversions import stamp_from_wall
@@ -169,14 +172,19 @@ class TTSNode(Node):
 
         self._output = p["output"].strip() or "none"
         self._out_dir: Path | None = None
-        self._sd = None
+        self._player: AudioPlayer | None = None
         if self._output == "device":
             try:
-                import sounddevice
-
-                self._sd = sounddevice
-            except (ImportError, OSError) as exc:
-                raise ConfigError(f"output=device needs sounddevice and PortAudio: {exc}") from None
+                self._player = AudioPlayer()
+            except PlaybackError as exc:
+                raise ConfigError(str(exc)) from None
+            if self._player.unavailable:
+                # Said once, here; afterwards only /diagnostics shows it (no line per answer).
+                self.get_logger().warning(
+                    f"{self._player.unavailable}: answers are not played, only published on "
+                    "audio_out (set output to 'none' or a WAV directory to choose that on "
+                    "purpose; restart after connecting a speaker)"
+                )
         elif self._output != "none":
             self._out_dir = Path(self._output).expanduser()
             try:
@@ -192,7 +200,14 @@ class TTSNode(Node):
         self._muted: deque[str] = deque(maxlen=64)
         self._closing = False
         self._speaking = False
-        self._stats = {"utterances": 0, "errors": 0, "stopped": 0, "files": 0}
+        self._stats = {
+            "utterances": 0,
+            "errors": 0,
+            "stopped": 0,
+            "files": 0,
+            "playback_failures": 0,
+        }
+        self._playback_reported = False
         self._audio_s = 0.0
         self._synth_s = 0.0
         self._last_error = ""
@@ -364,7 +379,7 @@ class TTSNode(Node):
 
     def _output_speech(self, speech: Speech, job: SpeechJob) -> bool:
         """Play or write the audio; False when stopped on the way."""
-        if self._sd is not None:
+        if self._player is not None:
             return self._play(speech, job)
         if self._out_dir is not None:
             self._file_index += 1
@@ -392,21 +407,29 @@ class TTSNode(Node):
         return not self._cancelled(job)
 
     def _play(self, speech: Speech, job: SpeechJob) -> bool:
-        sd = self._sd
         try:
-            sd.play(speech.samples, speech.sample_rate, blocking=False)
-            deadline = time.monotonic() + speech.duration_s + 2.0
-            while time.monotonic() < deadline and sd.get_stream().active:
-                if self._cancelled(job):
-                    sd.stop()
-                    return False
-                time.sleep(0.02)
-            sd.stop()
-        except Exception as exc:  # no sound card, device busy: keep speaking to audio_out
-            self._record_error(f"playback failed: {exc}")
+            return self._player.play(
+                speech.samples, speech.sample_rate, lambda: self._cancelled(job)
+            )
+        except PlaybackError as exc:  # device busy or gone: keep speaking to audio_out
+            self._record_playback_failure(str(exc))
         return not self._cancelled(job)
 
     # ---- bookkeeping -------------------------------------------------------------------------
+
+    def _record_playback_failure(self, error: str) -> None:
+        """The first failure is logged; the rest are counted on /diagnostics, since a
+        device that fails once usually fails for every answer."""
+        with self._lock:
+            self._stats["playback_failures"] += 1
+            self._last_error = error
+            first = not self._playback_reported
+            self._playback_reported = True
+        if first:
+            self.get_logger().warning(
+                f"{error}; speech still goes to audio_out, further playback failures are "
+                "only counted on /diagnostics"
+            )
 
     def _record_error(self, error: str) -> None:
         with self._lock:
@@ -421,8 +444,11 @@ class TTSNode(Node):
             speaking = self._speaking
             speed = self._audio_s / self._synth_s if self._synth_s > 0 else 0.0
             last_error = self._last_error
-        level = DiagnosticStatus.WARN if last_error else DiagnosticStatus.OK
+        no_device = self._player.unavailable if self._player is not None else ""
+        level = DiagnosticStatus.WARN if last_error or no_device else DiagnosticStatus.OK
         message = "speaking" if speaking else "idle"
+        if no_device:
+            message += f"; {no_device}: not played, audio_out only"
         values = {
             **stats,
             "queued": queued,
@@ -431,6 +457,7 @@ class TTSNode(Node):
             "backend": self._backend_name,
             "voice": self._voice,
             "output": self._output,
+            "output_device": no_device or "ok",
             "last_error": last_error,
         }
         self._diag_pub.publish(
