@@ -116,3 +116,19 @@ def test_wav_round_trip_and_streaming_header(tmp_path):
     assert rate == 22050 and mono.shape == (1000, 1)
     with pytest.raises(audio.WavError):
         audio.parse_wav(b"not a wav file at all")
+
+
+def test_speech_bounds_and_trim_find_the_audible_part():
+    from smolfusion_ros.io.audio import speech_bounds, trim_silence
+
+    rate = 16000
+    t = np.arange(rate // 2) / rate
+    tone = (0.2 * 32767 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
+    clip = np.concatenate([np.zeros(rate // 4, np.int16), tone, np.zeros(rate, np.int16)])
+    first, end = speech_bounds(clip, rate)
+    assert (
+        abs(first - rate // 4) <= rate // 100 and abs(end - (rate // 4 + rate // 2)) <= rate // 100
+    )
+    assert len(trim_silence(clip, rate)) == end - first
+    assert speech_bounds(np.zeros(rate, np.int16), rate) == (0, 0)
+    assert speech_bounds(np.zeros(0, np.int16), rate) == (0, 0)

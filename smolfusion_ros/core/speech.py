@@ -9,9 +9,16 @@ The segmenter turns the scores into events:
 
 * ``SpeechStarted``: speech lasted at least ``min_speech_ms``;
 * ``PartialDue``: every ``partial_interval_s`` of speech, with the audio so far;
+* ``SpeculationDue``: a short pause (``speculate_silence_ms``) after speech, with the audio so
+  far, cut exactly as a final utterance would be: a transcript made now can become the final one
+  if the pause turns out to be the end of the turn;
+* ``SpeculationDiscarded``: speech resumed after a ``SpeculationDue`` (a false start);
 * ``UtteranceEnded``: ``end_silence_ms`` of silence after speech (or ``max_utterance_s``
   reached, or an explicit flush), with the utterance's audio (``pre_roll_ms`` before the
-  onset included, most of the trailing silence cut off).
+  onset included, most of the trailing silence cut off). When the speculative transcript of
+  the pause was marked complete (``mark_complete``: it ends like a sentence), the shorter
+  ``end_silence_short_ms`` ends the turn. ``speculation`` names the speculation whose audio
+  this utterance has (no speech since), so its transcript can be reused.
 
 Event audio is mono float32 at 16 kHz in [-1, 1].
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import deque
 from dataclasses import dataclass
 
@@ -48,6 +56,11 @@ class VadConfig:
     max_utterance_s: float = 20.0  # an utterance is cut and finalised at this length
     partial_interval_s: float = 1.0  # 0 = no PartialDue events
     energy_threshold_db: float = -40.0  # energy engine: dBFS that scores 0.5
+    # A pause this long after speech starts a speculative transcript (0 = never speculate).
+    speculate_silence_ms: int = 0
+    # Silence that ends the turn when the speculative transcript looks complete (0 = never
+    # shorter than end_silence_ms).
+    end_silence_short_ms: int = 0
 
     def problems(self) -> list[str]:
         found = []
@@ -63,6 +76,21 @@ class VadConfig:
             found.append(f"max_utterance_s={self.max_utterance_s}: must be >= 1")
         if self.partial_interval_s < 0:
             found.append(f"partial_interval_s={self.partial_interval_s}: must be >= 0")
+        if self.speculate_silence_ms and not (
+            WINDOW_S * 1000 <= self.speculate_silence_ms < self.end_silence_ms
+        ):
+            found.append(
+                f"speculate_silence_ms={self.speculate_silence_ms}: must be 0 or between 32 and "
+                f"end_silence_ms ({self.end_silence_ms})"
+            )
+        if self.end_silence_short_ms and not (
+            self.speculate_silence_ms
+            and self.speculate_silence_ms <= self.end_silence_short_ms <= self.end_silence_ms
+        ):
+            found.append(
+                f"end_silence_short_ms={self.end_silence_short_ms}: must be 0, or between "
+                "speculate_silence_ms and end_silence_ms (and speculation on)"
+            )
         return found
 
 
@@ -81,18 +109,157 @@ class PartialDue:
 
 
 @dataclass(frozen=True)
+class SpeculationDue:
+    audio: np.ndarray  # the utterance so far, cut as UtteranceEnded would cut it now
+    utterance: int
+    speculation: int  # unique per segmenter
+    trailing_silence_s: float  # audio time between the end of speech and this event
+
+
+@dataclass(frozen=True)
+class SpeculationDiscarded:
+    utterance: int
+    speculation: int  # the speculation that speech resuming made worthless
+
+
+@dataclass(frozen=True)
 class UtteranceEnded:
     audio: np.ndarray
     utterance: int
-    reason: str  # "silence" | "max_length" | "flush"
+    reason: str  # "silence" | "short_silence" | "max_length" | "flush"
     trailing_silence_s: float  # audio time between the end of speech and this event
+    # The speculation whose audio this is (no speech since it was taken), or -1: its
+    # transcript is this utterance's transcript.
+    speculation: int = -1
 
     @property
     def duration_s(self) -> float:
         return len(self.audio) / SAMPLE_RATE
 
 
-Event = SpeechStarted | PartialDue | UtteranceEnded
+Event = SpeechStarted | PartialDue | SpeculationDue | SpeculationDiscarded | UtteranceEnded
+
+
+# Words a sentence rarely ends on: a pause after them is a pause inside the sentence, whatever
+# punctuation Whisper put there (it tends to end any clip with a full stop).
+_OPEN_ENDINGS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "nor",
+        "so",
+        "to",
+        "of",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "from",
+        "by",
+        "about",
+        "into",
+        "onto",
+        "than",
+        "then",
+        "as",
+        "if",
+        "because",
+        "that",
+        "which",
+        "who",
+        "whose",
+        "my",
+        "your",
+        "his",
+        "her",
+        "our",
+        "their",
+        "its",
+        "this",
+        "these",
+        "those",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "am",
+        "will",
+        "would",
+        "could",
+        "should",
+        "can",
+        "may",
+        "might",
+        "must",
+        "shall",
+        "do",
+        "does",
+        "did",
+        "have",
+        "has",
+        "had",
+        "not",
+        "very",
+        "please",
+        "um",
+        "uh",
+        "er",
+        "like",
+        "just",
+        "also",
+    ]
+)
+_QUESTION_WORDS = frozenset(
+    [
+        "what",
+        "who",
+        "whom",
+        "whose",
+        "where",
+        "when",
+        "why",
+        "how",
+        "which",
+        "can",
+        "could",
+        "would",
+        "will",
+        "is",
+        "are",
+        "do",
+        "does",
+        "did",
+        "should",
+        "shall",
+        "may",
+    ]
+)
+
+
+def looks_complete(text: str) -> bool:
+    """Does a transcript look like a finished turn (not a pause inside a sentence)?
+
+    True when it ends with sentence-final punctuation (. ? !, not an ellipsis) or starts
+    with a question word and has at least three words, and its last word is not one a
+    sentence rarely ends on (an article, a preposition, a conjunction, an auxiliary).
+    """
+    stripped = text.strip().strip("\"')]")
+    words = [w.strip("'") for w in re.sub(r"[^a-z0-9' ]+", " ", stripped.lower()).split()]
+    words = [w for w in words if w]
+    if not words or stripped.endswith(("...", "\u2026", ",", ";", ":", "-")):
+        return False
+    if words[-1] in _OPEN_ENDINGS:
+        return False
+    if stripped[-1] in ".?!":
+        return True
+    return words[0] in _QUESTION_WORDS and len(words) >= 3
 
 
 # ---- voice activity detectors ----------------------------------------------------------------
@@ -196,6 +363,16 @@ class SpeechSegmenter:
         self._pre_roll_windows = math.ceil(self.config.pre_roll_ms / 1000 / WINDOW_S)
         self._min_speech_windows = max(1, math.ceil(self.config.min_speech_ms / 1000 / WINDOW_S))
         self._end_windows = max(1, math.ceil(self.config.end_silence_ms / 1000 / WINDOW_S))
+        self._spec_windows = (
+            max(1, math.ceil(self.config.speculate_silence_ms / 1000 / WINDOW_S))
+            if self.config.speculate_silence_ms
+            else 0
+        )
+        self._short_end_windows = (
+            max(1, math.ceil(self.config.end_silence_short_ms / 1000 / WINDOW_S))
+            if self.config.end_silence_short_ms
+            else self._end_windows
+        )
         self._max_windows = int(self.config.max_utterance_s / WINDOW_S)
         self._partial_windows = (
             max(1, round(self.config.partial_interval_s / WINDOW_S))
@@ -205,6 +382,10 @@ class SpeechSegmenter:
         self._resampler: Resampler | None = None
         self.utterances = 0  # utterances started so far (the next one's number)
         self.windows = 0  # 16 kHz windows processed (stream time = windows * 32 ms)
+        self.speculations = 0  # SpeculationDue events so far (the next one's number)
+        self.false_starts = 0  # speculations discarded because speech resumed
+        self.short_commits = 0  # turns ended by end_silence_short_ms
+        self._complete = -1  # the speculation marked complete (mark_complete)
         self.reset()
 
     # -- public --------------------------------------------------------------------------------
@@ -227,8 +408,18 @@ class SpeechSegmenter:
         self._silence = 0  # consecutive non-speech windows
         self._last_speech = 0  # index into _windows after the last speech window
         self._since_partial = 0
+        self._speculation = -1  # the live speculation of the current pause, or -1
         self._resampler = None
         self.vad.reset()
+
+    def mark_complete(self, speculation: int) -> None:
+        """The transcript of `speculation` looks like a finished turn: if the pause goes on,
+        end the turn at end_silence_short_ms instead of end_silence_ms.
+
+        May be called from another thread (one int assignment); it takes effect at the next
+        window and only while that speculation is still live (no speech since).
+        """
+        self._complete = speculation
 
     def feed(self, samples, sample_rate: int, channels: int = 1) -> list[Event]:
         """Add a chunk of int16 PCM (interleaved when channels > 1); returns the new events.
@@ -304,6 +495,11 @@ class SpeechSegmenter:
             self._silence = 0
         self._windows.append(window)
         if speech:
+            if self._speculation >= 0:
+                # The person goes on speaking: the pause was inside the turn.
+                events.append(SpeculationDiscarded(self.utterances, self._speculation))
+                self.false_starts += 1
+                self._speculation = -1
             self._silence = 0
             self._last_speech = len(self._windows)
         elif quiet:
@@ -322,6 +518,26 @@ class SpeechSegmenter:
         if self._silence >= self._end_windows:
             events.append(self._end("silence"))
             return
+        if (
+            self._speculation >= 0
+            and self._complete == self._speculation
+            and self._silence >= self._short_end_windows
+        ):
+            self.short_commits += 1
+            events.append(self._end("short_silence"))
+            return
+        if self._spec_windows and self._speculation < 0 and self._silence >= self._spec_windows:
+            keep = self._keep_windows()
+            self._speculation = self.speculations
+            self.speculations += 1
+            events.append(
+                SpeculationDue(
+                    audio=np.concatenate(self._windows[:keep]),
+                    utterance=self.utterances,
+                    speculation=self._speculation,
+                    trailing_silence_s=(len(self._windows) - self._last_speech) * WINDOW_S,
+                )
+            )
         if len(self._windows) >= self._max_windows:
             events.append(self._end("max_length"))
             return
@@ -341,14 +557,22 @@ class SpeechSegmenter:
         self._pre_roll.clear()
         self._pre_roll.extend(keep)
 
+    def _keep_windows(self) -> int:
+        return min(len(self._windows), self._last_speech + math.ceil(TRAILING_KEEP_S / WINDOW_S))
+
     def _end(self, reason: str) -> UtteranceEnded:
-        keep = min(len(self._windows), self._last_speech + math.ceil(TRAILING_KEEP_S / WINDOW_S))
+        keep = self._keep_windows()
         trailing = (len(self._windows) - self._last_speech) * WINDOW_S
         audio = np.concatenate(self._windows[:keep]) if keep else np.zeros(0, np.float32)
         event = UtteranceEnded(
-            audio=audio, utterance=self.utterances, reason=reason, trailing_silence_s=trailing
+            audio=audio,
+            utterance=self.utterances,
+            reason=reason,
+            trailing_silence_s=trailing,
+            speculation=self._speculation,
         )
         self.utterances += 1
+        self._speculation = -1
         self._state = "listening"
         self._windows = []
         self._silence = 0

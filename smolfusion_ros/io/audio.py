@@ -92,6 +92,32 @@ def clipping_ratio(samples: np.ndarray, threshold: float = 0.999) -> float:
 # ---- chunks --------------------------------------------------------------------------------
 
 
+def speech_bounds(
+    samples: np.ndarray, sample_rate: int, threshold_db: float = -45.0, window_ms: float = 10.0
+) -> tuple[int, int]:
+    """(first, end) sample indices of the audible part: windows louder than threshold_db.
+
+    (0, 0) when nothing is louder. Used to find the real end of speech in a clip (espeak-ng and
+    recordings carry silence at both ends) and to trim it.
+    """
+    x = _as_float(np.asarray(samples).reshape(-1))
+    step = max(1, int(sample_rate * window_ms / 1000))
+    count = len(x) // step
+    if count == 0:
+        return 0, 0
+    levels = np.sqrt(np.mean(np.square(x[: count * step].reshape(count, step)), axis=1))
+    loud = np.flatnonzero(levels >= 10 ** (threshold_db / 20))
+    if len(loud) == 0:
+        return 0, 0
+    return int(loud[0] * step), int(min(len(x), (loud[-1] + 1) * step))
+
+
+def trim_silence(samples: np.ndarray, sample_rate: int, threshold_db: float = -45.0) -> np.ndarray:
+    """The audible part of a clip (speech_bounds), without the silence around it."""
+    first, end = speech_bounds(samples, sample_rate, threshold_db)
+    return samples[first:end]
+
+
 def chunk(samples: np.ndarray, chunk_size: int) -> list[np.ndarray]:
     """Consecutive views of `chunk_size` samples; the last one may be shorter."""
     if chunk_size < 1:

@@ -1,6 +1,7 @@
 """fusion_node: the language model and the vision model running concurrently.
 
-Subscribes:  utterance (smolfusion_ros/Utterance; final utterances are answered),
+Subscribes:  utterance (smolfusion_ros/Utterance; final utterances are answered,
+             speculative ones only have their prompt evaluated ahead: engine.prefill),
              camera_node/frame (sensor_msgs/Image, SensorDataQoS) when vision is configured
 Publishes:   response_stream (ResponseChunk, every token), response (Turn, every final answer
              and greetings), scene (SceneContext), debug_image (frame + scene text),
@@ -364,7 +365,11 @@ class FusionNode(Node):
         return True
 
     def _on_utterance(self, msg: Utterance) -> None:
-        if not msg.is_final:
+        # A speculative utterance (the person paused; the turn may be over) only prepares the
+        # answer: the engine evaluates the prompt it would get, so the final answer starts from
+        # a warm cache. Nothing is answered, spoken or stored before the final utterance.
+        speculative = msg.speculative and not msg.is_final
+        if not msg.is_final and not speculative:
             return
         request = ChatRequest(
             text=msg.text,
@@ -374,6 +379,15 @@ class FusionNode(Node):
             max_tokens=self._params["chat.default_max_tokens"],
             source=msg.source or "text",
         )
+        if speculative:
+            prefill = getattr(self.engine, "prefill", None)  # engines without it: no head start
+            if prefill is None:
+                return
+            try:
+                prefill(request)
+            except RequestRejected as exc:  # a busy or unready engine: the final still answers
+                self.get_logger().debug(f"speculative utterance not prefilled: {exc}")
+            return
         try:
             self.engine.submit(request)
         except RequestRejected as exc:

