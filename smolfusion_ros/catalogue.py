@@ -1,7 +1,8 @@
 """The model catalogue: resolves a model id (or an explicit path) to a file on disk.
 
 Nothing is downloaded: files come from installed PyPI packages or a configured path. A model
-that cannot be found raises ModelNotFoundError with one message naming what to install or set.
+that cannot be found raises ModelNotFoundError with one message naming what to install or which
+parameter to set (llm.model_path, vision.model_path, vision.mmproj_path, stt.model_path).
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ import yaml
 from smolfusion_ros import paths
 
 GGUF_MAGIC = b"GGUF"
+
+# The parameter that points a node at its own model file, by catalogue kind: every "not
+# found" message names the one the operator has to set.
+PATH_PARAMETERS = {"llm": "llm.model_path", "vlm": "vision.model_path", "stt": "stt.model_path"}
+MMPROJ_PARAMETER = "vision.mmproj_path"
+
+
+def path_parameter(kind: str) -> str:
+    """The path parameter for a model kind; all three when the kind is not known."""
+    return PATH_PARAMETERS.get(kind) or "llm.model_path, vision.model_path or stt.model_path"
 
 
 class ModelNotFoundError(RuntimeError):
@@ -41,8 +52,12 @@ class ModelEntry:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def path_parameter(self) -> str:
+        return path_parameter(self.kind)
+
+    @property
     def install_hint(self) -> str:
-        return str(self.source.get("install", "set the model path parameter"))
+        return str(self.source.get("install", f"set {self.path_parameter}"))
 
 
 _KNOWN_KEYS = {
@@ -102,7 +117,7 @@ def _join_parts(entry: ModelEntry) -> Path:
         if module_dir is None:
             raise ModelNotFoundError(
                 f"model '{entry.model_id}' is not installed (part {n} missing): "
-                f"{entry.install_hint}, or set the model path parameter"
+                f"{entry.install_hint}, or set {entry.path_parameter}"
             )
         parts.append(module_dir / source["file_pattern"].format(n=n))
     expected = sum(part.stat().st_size for part in parts)
@@ -154,26 +169,35 @@ def _expand(path: str) -> Path:
     return Path(os.path.expandvars(path.replace("$ROS_HOME", str(paths.ros_home())))).expanduser()
 
 
-def _lookup(model: str, catalogue: dict | None) -> ModelEntry:
+def _lookup(model: str, catalogue: dict | None, kind: str = "") -> ModelEntry:
     catalogue = catalogue if catalogue is not None else load_catalogue()
     entry = catalogue.get(model)
     if entry is None:
         known = ", ".join(sorted(catalogue)) or "none"
         raise ModelNotFoundError(
             f"unknown model id '{model}' (catalogue has: {known}); "
-            "or set the model path parameter to a file"
+            f"or set {path_parameter(kind)} to a file"
         )
     return entry
 
 
-def _source_file(entry: ModelEntry, source: dict, fmt: str) -> Path:
+def _named(parameter: str, check, *args) -> None:
+    """Run a file check for a path the operator set, naming that parameter in the error."""
+    try:
+        check(*args)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{parameter}: {exc}") from None
+
+
+def _source_file(entry: ModelEntry, source: dict, fmt: str, parameter: str = "") -> Path:
+    parameter = parameter or entry.path_parameter
     kind = source.get("type")
     if kind == "pypi_file":
         module_dir = _module_dir(source["module"])
         if module_dir is None:
             raise ModelNotFoundError(
                 f"model '{entry.model_id}' is not installed: {entry.install_hint}, "
-                "or set the model path parameter"
+                f"or set {parameter}"
             )
         path = module_dir / source["file"]
     elif kind == "pypi_parts":
@@ -183,7 +207,7 @@ def _source_file(entry: ModelEntry, source: dict, fmt: str) -> Path:
         if not path.exists():
             where = f" (get it from {entry.download})" if entry.download else ""
             raise ModelNotFoundError(
-                f"model '{entry.model_id}' is not at {path}{where}, or set the model path parameter"
+                f"model '{entry.model_id}' is not at {path}{where}, or set {parameter}"
             )
     else:
         raise ModelNotFoundError(f"model '{entry.model_id}' has unsupported source type {kind!r}")
@@ -191,13 +215,23 @@ def _source_file(entry: ModelEntry, source: dict, fmt: str) -> Path:
     return path
 
 
-def resolve_model(model: str, path_override: str = "", catalogue: dict | None = None) -> Path:
-    """Return the file for `model` (a catalogue id), or `path_override` when it is set."""
+def resolve_model(
+    model: str, path_override: str = "", catalogue: dict | None = None, kind: str = ""
+) -> Path:
+    """Return the file for `model` (a catalogue id), or `path_override` when it is set.
+
+    `kind` (llm, vlm, stt) names the path parameter in errors before the catalogue entry is
+    known (an unknown id, a bad path); a found entry's own kind wins.
+    """
     if path_override:
         path = Path(path_override).expanduser()
-        check_model_file(path, "gguf" if path.suffix == ".gguf" else "")
+        fmt = "gguf" if path.suffix == ".gguf" else ""
+        if kind in PATH_PARAMETERS:
+            _named(PATH_PARAMETERS[kind], check_model_file, path, fmt)
+        else:
+            check_model_file(path, fmt)
         return path
-    entry = _lookup(model, catalogue)
+    entry = _lookup(model, catalogue, kind)
     return _source_file(entry, entry.source, entry.format)
 
 
@@ -210,14 +244,15 @@ def resolve_vision_model(
     """
     mmproj = Path(mmproj_override).expanduser() if mmproj_override else None
     if mmproj is not None:
-        check_model_file(mmproj, "gguf")
+        _named(MMPROJ_PARAMETER, check_model_file, mmproj, "gguf")
     if path_override:
         path = Path(path_override).expanduser()
-        _check_path(path, "transformers" if path.is_dir() else "gguf")
+        fmt = "transformers" if path.is_dir() else "gguf"
+        _named(PATH_PARAMETERS["vlm"], _check_path, path, fmt)
         return path, mmproj
-    entry = _lookup(model, catalogue)
+    entry = _lookup(model, catalogue, "vlm")
     path = _source_file(entry, entry.source, entry.format)
     projector = entry.extra.get("mmproj")
     if mmproj is None and projector:
-        mmproj = _source_file(entry, projector["source"], "gguf")
+        mmproj = _source_file(entry, projector["source"], "gguf", MMPROJ_PARAMETER)
     return path, mmproj
