@@ -82,6 +82,8 @@ def test_wav_file_is_published_in_real_time_chunks(ros_node, start_node, tmp_pat
     assert arrivals[-1] - arrivals[0] >= 0.85 * (expected - 1) * 0.1, "faster than real time"
     stamps = [m.stamp.sec + m.stamp.nanosec * 1e-9 for _, m in harness.chunks]
     assert np.allclose(np.diff(stamps), 0.1, atol=0.002)
+    # seq numbers the stream, so a listener can count chunks lost on the way.
+    assert [m.seq for _, m in harness.chunks] == list(range(expected))
     assert wait_for(lambda: "finished" in process.log, 3), process.log
     assert process.alive()
 
@@ -135,17 +137,37 @@ def test_missing_wav_file_is_one_configuration_error(start_node, tmp_path):
     assert "Traceback" not in process.log
 
 
-def test_missing_device_is_retried_and_reported(ros_node, start_node):
+def test_missing_device_is_said_once_then_retried_quietly(ros_node, start_node):
+    """No such input: one WARN line naming the device and what to set, then retries counted on
+    /diagnostics (ERROR level) without further log lines."""
     namespace = unique_namespace("mic")
     harness = AudioHarness(ros_node, namespace)
     process = start_node(
-        MIC, namespace, params={"device": "no-such-microphone-xyz"}, params_file=None
+        MIC,
+        namespace,
+        params={"device": "no-such-microphone-xyz", "diagnostics_period_s": 0.5},
+        params_file=None,
     )
-    assert wait_for(lambda: len(harness.diagnostics) >= 2, 10), process.log
+
+    def retries() -> int:
+        if not harness.diagnostics:
+            return 0
+        values = {kv.key: kv.value for kv in harness.diagnostics[-1].values}
+        return int(values.get("retries", 0))
+
+    # Three failed opens: 4+ s, two retry periods after the first.
+    assert wait_for(lambda: retries() >= 3, 15), process.log
     status = harness.diagnostics[-1]
     assert status.level == b"\x02", status
     values = {kv.key: kv.value for kv in status.values}
     assert "no-such-microphone-xyz" in values["last_error"]
-    assert int(values["errors"]) >= 1
+    assert values["state"] == "retrying" and int(values["errors"]) >= 3
+    assert "set device or wav_file" in status.message
+    problems = [
+        line for line in process.log_lines if line.startswith(("[WARN]", "[ERROR]", "[FATAL]"))
+    ]
+    assert len(problems) == 1, process.log
+    assert "no-such-microphone-xyz" in problems[0]
+    assert "`device`" in problems[0] and "`wav_file`" in problems[0]
     assert process.alive()
     assert harness.chunks == []

@@ -15,8 +15,10 @@ Parameters:  sample_rate (16000), chunk_ms (100), device ("" = the default ALSA 
              diagnostics_period_s (1.0)
 
 Capture runs on its own thread (the sounddevice callback only queues blocks), so the executor
-is never blocked. A device that is missing or cannot be opened is retried every 2 s and
-reported on /diagnostics; a missing or unreadable WAV file is a configuration error.
+is never blocked. A device that is missing or cannot be opened is said once, as one WARN line
+naming it and what to set (`device`, or `wav_file`), then retried quietly every 2 s with the
+state on /diagnostics (ERROR level, retries, last_error); a device that comes back is logged
+once. A missing or unreadable WAV file is a configuration error.
 """
 
 from __future__ import annotations
@@ -198,6 +200,9 @@ class MicrophoneNode(Node):
         self._level_peak = 0
         self._level_clipped = 0
         self._last_chunk_time: float | None = None
+        self._retries = 0  # failed device (re)opens
+        self._outage_reported = False  # the current outage has had its one log line
+        self._opened_once = False
 
         self._wav: np.ndarray | None = None
         self._device: DeviceCapture | None = None
@@ -275,21 +280,21 @@ class MicrophoneNode(Node):
         pending = np.zeros(0, dtype=np.int16)
         while not self._stop.is_set():
             if not capture.healthy():
+                lost = capture.stream is not None  # it was capturing: the stream stopped
                 capture.close()
                 try:
                     label = capture.open()
                 except Exception as exc:
-                    self._record_error(
-                        f"cannot open input {self._source}: {exc}; "
-                        f"retrying every {REOPEN_PERIOD_S:.0f} s",
-                        "retrying",
-                    )
+                    self._device_failed(exc, lost)
                     self._stop.wait(REOPEN_PERIOD_S)
                     continue
                 pending = np.zeros(0, dtype=np.int16)
                 with self._lock:
                     self._state = "capturing"
-                self.get_logger().info(f"capturing from {label}")
+                    reported, self._outage_reported = self._outage_reported, False
+                if reported or not self._opened_once:
+                    self.get_logger().info(f"capturing from {label}")
+                self._opened_once = True
             block = capture.read(timeout=0.5)
             if block is None:
                 continue
@@ -324,14 +329,27 @@ class MicrophoneNode(Node):
 
     # ---- bookkeeping -------------------------------------------------------------------------
 
-    def _record_error(self, error: str, state: str) -> None:
+    def _device_failed(self, exc: Exception, lost: bool) -> None:
+        """A failed (re)open: one WARN line per outage, then only /diagnostics.
+
+        Without a sound card every retry fails, often with a different message each time
+        (PortAudio/ALSA), so the line is per outage, not per distinct message.
+        """
+        what = "input stream stopped and cannot be reopened" if lost else "cannot open input"
+        error = f"{what} ({self._source}): {exc}"
         with self._lock:
-            first = self._last_error != error
             self._errors += 1
+            self._retries += 1
             self._last_error = error
-            self._state = state
+            self._state = "retrying"
+            first, self._outage_reported = not self._outage_reported, True
         if first:
-            self.get_logger().error(error)
+            self.get_logger().warning(
+                f"no microphone: {error}. Set `device` to an input device (an index or part of "
+                "its name; `python3 -m sounddevice` lists them) or `wav_file` to play a WAV "
+                f"file instead. Retrying every {REOPEN_PERIOD_S:.0f} s without further log "
+                "lines; state, retries and last_error are on /diagnostics."
+            )
 
     def _publish_diagnostics(self) -> None:
         with self._lock:
@@ -349,10 +367,14 @@ class MicrophoneNode(Node):
                 self._state,
             )
             last_chunk = self._last_chunk_time
+            retries = self._retries
         level = math.sqrt(sq / n) / 32767 if n else 0.0
         idle_s = time.monotonic() - last_chunk if last_chunk is not None else None
         if state == "retrying":
-            status, message = DiagnosticStatus.ERROR, f"no input device: {last_error}"
+            status, message = (
+                DiagnosticStatus.ERROR,
+                f"no input device ({retries} retries; set device or wav_file): {last_error}",
+            )
         elif state == "finished":
             status, message = DiagnosticStatus.OK, "WAV file finished"
         elif idle_s is None or idle_s > 2.0:
@@ -370,6 +392,7 @@ class MicrophoneNode(Node):
             "source": self._source,
             "state": state,
             "errors": errors,
+            "retries": retries,
             "last_error": last_error,
         }
         if self._device is not None:

@@ -80,6 +80,7 @@ def join_model_dir(entry: ModelEntry, cache: Path | None = None) -> Path:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        work.chmod(0o755)  # mkdtemp makes it private; the model is not secret
         try:
             digest = hashlib.sha256()
             with open(work / name, "wb") as out:
