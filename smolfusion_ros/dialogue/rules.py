@@ -273,11 +273,12 @@ def parse_rules(
                 languages.append(language)
     default_language = str(raw.get("default_language") or languages[0])
     book = RuleBook(compiled, tuple(languages), default_language, max_chars)
-    # Examples are checked at load time: an operator who edits a pattern learns at once that
-    # it no longer matches what it was written for.
+    # Examples ({placeholders} filled) are checked at load time: an operator who edits a
+    # pattern learns at once that it no longer matches what it was written for.
     for intent, spec in intents_spec.items():
         for language, examples in (spec.get("examples") or {}).items():
             for example in examples or []:
+                example = str(example).format_map(merged)
                 found = book.match(example, str(language))
                 if found is None or found.intent != intent:
                     got = found.intent if found else "nothing"
