@@ -1,12 +1,19 @@
 """Start a smolfusion_ros profile on a robot: ros2 launch smolfusion_ros smolfusion.launch.py
 profile:=cpu_demo|jetson_gguf|gpu_server [namespace:=robot1] [params_file:=my.yaml]
 
-Thin on purpose: which nodes run and which parameter file they read come from
-config/profiles.yaml through smolfusion_ros.core.profile, the same description the
-in-process bringup (make demo) uses and the tests check.
+Thin on purpose: which nodes run, which parameter files they read and which nodes are
+required come from config/profiles.yaml through smolfusion_ros.core.profile, the same
+description the in-process bringup (make demo) uses and the tests check.
+
+- params_file is layered over the profile's parameter file (both are passed, the profile's
+  first): a file that sets only llm.model_path keeps every other profile setting.
+- A required node (fusion_node in every profile) that exits, for example on a configuration
+  error at start, shuts the whole launch down (on_exit=Shutdown) instead of leaving a robot
+  that looks alive without its brain. Nodes are not respawned: a configuration error would
+  only repeat, and the one-line reason is printed once above the shutdown.
 """
 
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -16,22 +23,27 @@ from smolfusion_ros.core.profile import get_profile
 
 def _nodes_for_profile(context, *_args, **_kwargs):
     profile = get_profile(LaunchConfiguration("profile").perform(context))
-    params_file = LaunchConfiguration("params_file").perform(context) or str(
-        profile.parameters_file
-    )
+    user_file = LaunchConfiguration("params_file").perform(context)
+    parameters = [str(path) for path in profile.parameter_files(user_file)]
     namespace = LaunchConfiguration("namespace").perform(context)
-    return [
-        Node(
-            package="smolfusion_ros",
-            executable=name,
-            name=name,
-            namespace=namespace,
-            parameters=[params_file],
-            output="screen",
-            emulate_tty=True,
+    nodes = []
+    for name in profile.nodes:
+        extra = {}
+        if name in profile.required:
+            extra["on_exit"] = Shutdown(reason=f"required node {name} exited")
+        nodes.append(
+            Node(
+                package="smolfusion_ros",
+                executable=name,
+                name=name,
+                namespace=namespace,
+                parameters=parameters,
+                output="screen",
+                emulate_tty=True,
+                **extra,
+            )
         )
-        for name in profile.nodes
-    ]
+    return nodes
 
 
 def generate_launch_description():
@@ -50,7 +62,8 @@ def generate_launch_description():
             DeclareLaunchArgument(
                 "params_file",
                 default_value="",
-                description="parameter YAML overriding the profile's own",
+                description="parameter YAML layered over the profile's own (it overrides only "
+                "the parameters it sets)",
             ),
             OpaqueFunction(function=_nodes_for_profile),
         ]

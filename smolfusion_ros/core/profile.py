@@ -1,7 +1,11 @@
-"""Profiles: which nodes a deployment runs and which parameter file they read.
+"""Profiles: which nodes a deployment runs, which parameter file they read, which are required.
 
 The in-process bringup and the ros2 launch file both read config/profiles.yaml through
 this module, so what is tested here is what starts on the robot.
+
+A user's parameter file (launch argument `params_file`) is layered over the profile's file,
+never instead of it: both are passed to every node, the profile's first, so the user's file
+overrides only the parameters it sets (rcl applies --params-file arguments in order).
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ KNOWN_NODES = (
 )
 
 
+# A robot must not look alive without these: the launch shuts down when one of them exits.
+DEFAULT_REQUIRED = ("fusion_node",)
+
+
 class ProfileError(ValueError):
     """Unknown profile or an invalid profile description."""
 
@@ -34,16 +42,48 @@ class Profile:
     description: str
     parameters_file: Path
     nodes: tuple[str, ...]
+    required: tuple[str, ...] = DEFAULT_REQUIRED
 
-    def node_parameters(self, node_name: str) -> dict:
-        """The ros__parameters block for one node (nested dicts, as in the YAML)."""
-        with open(self.parameters_file, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle) or {}
-        # Keys are "/**/name" so that the file applies in any namespace (one per robot).
-        for key in (f"/**/{node_name}", node_name, f"/{node_name}"):
-            if key in raw:
-                return (raw[key] or {}).get("ros__parameters") or {}
-        return {}
+    def parameter_files(self, user_file: str | Path | None = None) -> list[Path]:
+        """The files every node reads, in order: the profile's, then the user's over it."""
+        files = [self.parameters_file]
+        if user_file:
+            path = Path(user_file).expanduser()
+            if not path.is_file():
+                raise ProfileError(f"params_file {path} does not exist")
+            files.append(path)
+        return files
+
+    def node_parameters(self, node_name: str, user_file: str | Path | None = None) -> dict:
+        """The ros__parameters of one node (nested dicts, as in the YAML), with the user's
+        file merged over the profile's exactly as the node sees them."""
+        merged: dict = {}
+        for path in self.parameter_files(user_file):
+            merged = _merge(merged, _node_block(path, node_name))
+        return merged
+
+
+def _node_block(path: Path, node_name: str) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle) or {}
+    # Keys are "/**/name" so that the file applies in any namespace (one per robot); a block
+    # for all nodes ("/**") applies too, under the node's own block.
+    merged: dict = {}
+    for key in ("/**", f"/**/{node_name}", node_name, f"/{node_name}"):
+        if isinstance(raw.get(key), dict):
+            merged = _merge(merged, raw[key].get("ros__parameters") or {})
+    return merged
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """`over` wins parameter by parameter; nested groups (llm:, vision:) merge, not replace."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def load_profiles(path: Path | None = None) -> dict[str, Profile]:
@@ -56,8 +96,14 @@ def load_profiles(path: Path | None = None) -> dict[str, Profile]:
         unknown = [n for n in nodes if n not in KNOWN_NODES]
         if unknown:
             raise ProfileError(f"profile {name}: unknown nodes {unknown}")
+        required = tuple(spec.get("required", DEFAULT_REQUIRED))
+        if set(required) - set(nodes):
+            raise ProfileError(
+                f"profile {name}: required {sorted(set(required) - set(nodes))}"
+                " are not among its nodes"
+            )
         params = path.parent / spec["parameters"]
-        profiles[name] = Profile(name, spec.get("description", ""), params, nodes)
+        profiles[name] = Profile(name, spec.get("description", ""), params, nodes, required)
     return profiles
 
 
