@@ -210,3 +210,60 @@ def test_mediapipe_detectors_when_installed() -> None:
     camera = describe(backend, photo("camera.png"))
     assert camera.has_person and not camera.smiling
     backend.close()
+
+
+# ---- OpenCV without cv2.data (Debian/Ubuntu's python3-opencv) ------------------------------
+
+
+def _apt_layout(tmp_path):
+    """The cascades where apt's opencv-data installs them, copied from pip's opencv."""
+    from pathlib import Path
+
+    from smolfusion_ros.backends.vlm.perception import HAAR_FILES
+
+    apt_dir = tmp_path / "usr/share/opencv4/haarcascades"
+    apt_dir.mkdir(parents=True)
+    for name in HAAR_FILES.values():
+        (apt_dir / name).write_bytes((Path(cv2.data.haarcascades) / name).read_bytes())
+    return apt_dir
+
+
+def test_without_cv2_data_the_cascades_come_from_apts_opencv_data(monkeypatch, tmp_path):
+    from smolfusion_ros.backends.vlm import perception
+
+    apt_dir = _apt_layout(tmp_path)
+    monkeypatch.delattr(cv2, "data")  # as Debian/Ubuntu's python3-opencv
+    monkeypatch.setattr(perception, "SYSTEM_HAAR_DIRS", (str(tmp_path / "nope"), str(apt_dir)))
+    backend = PerceptionBackend(ocr=False, use_mediapipe=False)
+    backend.load()
+    assert "haar_face" in backend.detectors and "haar" not in backend.load_errors
+    result = describe(backend, photo("astronaut.png"))
+    assert result.has_person and "1 person" in result.text and "facing the camera" in result.text
+    backend.close()
+
+
+def test_without_any_cascades_it_says_so_once_and_in_every_summary(monkeypatch, tmp_path, caplog):
+    import logging
+
+    from smolfusion_ros.backends.vlm import perception
+
+    monkeypatch.delattr(cv2, "data")
+    monkeypatch.setattr(perception, "SYSTEM_HAAR_DIRS", (str(tmp_path / "empty"),))
+    monkeypatch.setattr(perception, "_logged_once", set())
+    with caplog.at_level(logging.INFO, logger=perception.__name__):
+        backend = PerceptionBackend(ocr=True, use_mediapipe=False, ocr_budget_s=10.0)
+        backend.load()  # OCR still works, so the back end loads
+        PerceptionBackend(ocr=True, use_mediapipe=False).load()  # a second load: no new line
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    message = warnings[0].getMessage()
+    assert "Haar cascades" in message and "apt-get install opencv-data" in message
+    assert str(tmp_path / "empty") in message
+    assert backend.detectors == ["rapidocr"] and not backend.sees_people
+    result = describe(backend, photo("astronaut.png"))
+    assert "people not checked" in result.text, result.text
+    assert not result.has_person
+    backend.close()
+    # No detector at all: load fails with one line that names the missing package.
+    with pytest.raises(VisionBackendError, match="opencv-data"):
+        PerceptionBackend(ocr=False, use_mediapipe=False).load()

@@ -5,8 +5,11 @@ every text starts with `SUMMARY_MARKER`. Detectors, each optional and used when 
 
 - mediapipe's legacy `mp.solutions` (face detection, hands, pose), when an installed mediapipe
   still has them (0.10.21 and older; not pinned, see requirements/vision.txt);
-- OpenCV's bundled Haar cascades (`cv2.data.haarcascades`): frontal faces, smiles (inside each
-  face), upper and full bodies; always there with opencv, the fallback for faces and people;
+- OpenCV's Haar cascades: frontal faces, smiles (inside each face), upper and full bodies; the
+  fallback for faces and people. pip's opencv bundles them (`cv2.data.haarcascades`);
+  Debian/Ubuntu's python3-opencv has no `cv2.data`, and the files come from apt's
+  `opencv-data` (/usr/share/opencv4/haarcascades). Without them the back end says so once (a
+  warning) and in every summary ("people not checked"), never silently;
 - RapidOCR with its bundled PP-OCR ONNX models (visible text), within a time budget.
 
 Frames are downscaled first (`max_side`); boxes are reported in the input image's pixels.
@@ -20,6 +23,7 @@ import logging
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,14 +32,43 @@ from smolfusion_ros.backends.vlm.base import VisionBackendError, VisionResult
 
 SUMMARY_MARKER = "Perception summary (not a VLM caption):"
 
+HAAR_FILES = {
+    "face": "haarcascade_frontalface_alt2.xml",
+    "smile": "haarcascade_smile.xml",
+    "upper": "haarcascade_upperbody.xml",
+    "full": "haarcascade_fullbody.xml",
+}
+# Where apt's opencv-data puts the cascades (Debian/Ubuntu, OpenCV 4 and older layouts), and
+# a source build's default prefix; searched after cv2.data.
+SYSTEM_HAAR_DIRS = (
+    "/usr/share/opencv4/haarcascades",
+    "/usr/share/opencv/haarcascades",
+    "/usr/local/share/opencv4/haarcascades",
+)
+HAAR_INSTALL_HINT = "Debian/Ubuntu: sudo apt-get install opencv-data"
+
 _log = logging.getLogger(__name__)
 _logged_once: set[str] = set()
 
 
-def _log_once(message: str) -> None:
+def _log_once(message: str, level: int = logging.INFO) -> None:
     if message not in _logged_once:
         _logged_once.add(message)
-        _log.info(message)
+        _log.log(level, message)
+
+
+def find_haar_directory(cv2: Any) -> tuple[Path | None, list[str]]:
+    """The first directory holding every cascade the back end uses, and where it looked:
+    cv2.data.haarcascades (pip's opencv) first, then SYSTEM_HAAR_DIRS."""
+    candidates = []
+    bundled = getattr(getattr(cv2, "data", None), "haarcascades", None)
+    if bundled:
+        candidates.append(str(bundled))
+    candidates += [d for d in SYSTEM_HAAR_DIRS if d not in candidates]
+    for directory in candidates:
+        if all((Path(directory) / name).is_file() for name in HAAR_FILES.values()):
+            return Path(directory), candidates
+    return None, candidates
 
 
 def _overlap(a: list[int], b: list[int]) -> float:
@@ -162,20 +195,21 @@ class PerceptionBackend:
 
     def _load_haar(self) -> None:
         cv2 = self._cv2
-        base = getattr(getattr(cv2, "data", None), "haarcascades", None)
-        if not base:
-            self._note_missing("haar", "this OpenCV build has no cv2.data.haarcascades")
+        base, searched = find_haar_directory(cv2)
+        if base is None:
+            self._note_missing(
+                "haar",
+                "OpenCV's Haar cascades are in none of "
+                f"{', '.join(searched)}: faces, smiles and bodies are not detected "
+                f"({HAAR_INSTALL_HINT})",
+                warn=True,
+            )
             return
         cascades = {}
-        for key, file in (
-            ("face", "haarcascade_frontalface_alt2.xml"),
-            ("smile", "haarcascade_smile.xml"),
-            ("upper", "haarcascade_upperbody.xml"),
-            ("full", "haarcascade_fullbody.xml"),
-        ):
-            clf = cv2.CascadeClassifier(base + file)
+        for key, file in HAAR_FILES.items():
+            clf = cv2.CascadeClassifier(str(base / file))
             if clf.empty():
-                self._note_missing("haar", f"cannot load {base + file}")
+                self._note_missing("haar", f"cannot load {base / file}", warn=True)
                 return
             cascades[key] = clf
         self._haar_face = cascades["face"]
@@ -233,9 +267,19 @@ class PerceptionBackend:
             self._ocr = None
             self._note_missing("rapidocr", f"{type(exc).__name__}: {exc}")
 
-    def _note_missing(self, key: str, reason: str) -> None:
+    def _note_missing(self, key: str, reason: str, warn: bool = False) -> None:
+        """`warn`: a detector the default set relies on (faces), said once as a warning;
+        optional ones (mediapipe, OCR) only at info level."""
         self.load_errors[key] = reason
-        _log_once(f"perception: {key} detector skipped ({reason})")
+        level = logging.WARNING if warn else logging.INFO
+        _log_once(f"perception: {key} detector skipped ({reason})", level)
+
+    @property
+    def sees_people(self) -> bool:
+        """Whether any face or body detector loaded."""
+        return any(
+            d is not None for d in (self._haar_face, self._haar_upper, self._mp_face, self._mp_pose)
+        )
 
     def close(self) -> None:
         self._close_mediapipe()
@@ -601,6 +645,9 @@ class PerceptionBackend:
             parts["people"] = ", ".join(bits)
         elif any(d in details["detectors"] for d in ("haar_face", "mediapipe_face")):
             parts["people"] = "no person seen"
+        elif not self.sees_people:
+            # Not "nothing recognised": nobody looked (no cascades, no mediapipe).
+            parts["people"] = "people not checked (no face or body detector installed)"
         if details["hands"]:
             n = len(details["hands"])
             parts["hands"] = f"{_plural(n, 'hand')} visible"
