@@ -19,7 +19,7 @@ from smolfusion_ros.core.requests import (
     RequestRejected,
     normalise_request,
 )
-from smolfusion_ros.core.sessions import InMemorySessionStore, TurnRecord
+from smolfusion_ros.core.sessions import InMemorySessionStore, TurnRecord, plan_window
 from smolfusion_ros.paths import config_path
 
 LIMITS = RequestLimits(max_input_chars=100, max_tokens_limit=50)
@@ -117,7 +117,7 @@ def test_prompt_that_cannot_fit_is_refused():
         )
 
 
-def test_prompt_includes_the_scene_when_given():
+def test_prompt_puts_the_scene_next_to_the_question_not_in_the_system_message():
     messages = build_messages(
         "sys",
         [],
@@ -127,7 +127,65 @@ def test_prompt_includes_the_scene_when_given():
         reserve_tokens=10,
         count_tokens=_words,
     )
-    assert "a person waving" in messages[0]["content"]
+    assert messages[0] == {"role": "system", "content": "sys"}
+    assert messages[-1] == {
+        "role": "user",
+        "content": "[What you see right now: a person waving]\nhi",
+    }
+
+
+def test_prompt_prefix_is_stable_across_scene_changes():
+    """Everything before the last message is identical whatever the camera sees, so
+    llama.cpp's prefix cache keeps the whole history (the scene loop rewrites its text
+    every interval; in the system message it invalidated every turn)."""
+    history = [
+        TurnRecord("user" if i % 2 == 0 else "assistant", f"turn {i}", "text", i) for i in range(8)
+    ]
+
+    def prompt(scene: str) -> list:
+        return build_messages(
+            "persona",
+            history,
+            "what now?",
+            scene_text=scene,
+            summary_text="We talked about cats.",
+            context_size=1000,
+            reserve_tokens=10,
+            count_tokens=_words,
+        )
+
+    empty_room, person, two_people = prompt(""), prompt("1 person"), prompt("2 people")
+    assert empty_room[:-1] == person[:-1] == two_people[:-1]
+    assert person[0]["content"] == "persona\nEarlier in this conversation: We talked about cats."
+    assert person[-1]["content"].endswith("what now?") and "1 person" in person[-1]["content"]
+
+
+def _turns(n: int, first_id: int = 1) -> list[TurnRecord]:
+    return [
+        TurnRecord("user", f"t{i}", "text", i, turn_id=i) for i in range(first_id, first_id + n)
+    ]
+
+
+def test_the_window_slides_in_blocks_not_per_turn():
+    starts = []
+    for count in range(1, 40):
+        plan = plan_window(_turns(count), window=12, block=6, summaries=False)
+        assert len(plan.shown) <= 12 and plan.shown[-1].turn_id == count and plan.fold == 0
+        starts.append(plan.shown[0].turn_id)
+    changes = sum(1 for a, b in zip(starts, starts[1:], strict=False) if a != b)
+    assert changes == (39 - 12) // 6 + 1, starts  # once per block of 6 turns
+
+
+def test_the_summary_folds_a_block_and_the_window_keeps_it_until_then():
+    plan = plan_window(_turns(12), window=12, block=6, summaries=True)
+    assert len(plan.shown) == 12 and plan.fold == 0
+    plan = plan_window(_turns(14), window=12, block=6, summaries=True)
+    assert len(plan.shown) == 14 and plan.fold == 6, "fold due; the turns stay until it lands"
+    plan = plan_window(_turns(18), window=12, block=6, summaries=True)
+    assert len(plan.shown) == 18 and plan.fold == 6
+    lagging = plan_window(_turns(20), window=12, block=6, summaries=True)
+    assert len(lagging.shown) == 8 and lagging.fold == 12, "folding lagged: slide a whole block"
+    assert [t.turn_id for t in lagging.shown] == list(range(13, 21))
 
 
 def test_sessions_are_separate_and_bounded():

@@ -4,15 +4,29 @@ Nothing here runs on a ROS executor thread. Callers `submit()` a request and get
 back at once; a single worker thread generates answers in order (llama.cpp contexts are not
 thread-safe, and on small machines one model at a time is fastest). A bounded queue rejects
 overload with a clear message instead of letting latency grow without limit.
+
+First-token time stays flat over a long conversation because the prompt keeps a stable
+prefix (core.prompt: persona + summary + history, volatile scene text in the last message),
+the history window slides in blocks that the summary folds at the same time
+(core.sessions.plan_window), each session's KV state survives interleaving (the back end's
+use_session), and background work (summaries, re-evaluating a session's new prefix after a
+summary, speculative prefill) evaluates its prompt in small preemptible steps.
+
+A visual turn asks the vision model first, off this thread (VisionWorker.ask_async): the
+engine answers other turns meanwhile and evaluates the visual job's stable prefix; when the
+vision answer arrives the job enters the LLM queue in submission order (ahead of jobs
+submitted after it that have not started), its context block carrying the answer.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import heapq
+import itertools
 import logging
-import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -20,7 +34,7 @@ from enum import Enum
 from smolfusion_ros.backends.llm.base import GenerationSettings, LLMBackend
 from smolfusion_ros.core.jobs import ChatJob, ChatResult, TokenListener
 from smolfusion_ros.core.personas import PersonaBook
-from smolfusion_ros.core.prompt import PromptTooLongError, build_messages
+from smolfusion_ros.core.prompt import PromptTooLongError, build_messages, context_block
 from smolfusion_ros.core.requests import (
     ChatRequest,
     RequestLimits,
@@ -28,13 +42,26 @@ from smolfusion_ros.core.requests import (
     normalise_request,
 )
 from smolfusion_ros.core.routing import VisualTurnClassifier
-from smolfusion_ros.core.scene import VisionUnavailable, VisionWorker
-from smolfusion_ros.core.sessions import InMemorySessionStore, SessionStore, TurnRecord
+from smolfusion_ros.core.scene import VisionUnavailable, VisionWorker, VisualQuestion
+from smolfusion_ros.core.sessions import (
+    InMemorySessionStore,
+    SessionStore,
+    TurnRecord,
+    WindowPlan,
+    plan_window,
+)
 from smolfusion_ros.core.summaries import build_summary_messages
 
 log = logging.getLogger(__name__)
 
-IDLE_POLL_S = 0.05
+# A speculative prefill's scene text is reused by the real request with the same words
+# within this time, so that request's prompt is exactly the one already evaluated.
+PREFILL_REUSE_S = 10.0
+# Context blocks remembered per evaluated user turn (bounded; see keep_context_in_history).
+MAX_REMEMBERED_CONTEXTS = 4096
+# The summary folds at most this many blocks in one pass (its prompt must fit the context).
+MAX_FOLD_BLOCKS = 4
+SCRATCH_SESSION = ""  # back-end session for work outside any conversation (summaries)
 
 
 class EngineState(str, Enum):
@@ -53,10 +80,16 @@ class EngineSettings:
     top_k: int = 40
     repeat_penalty: float = 1.1
     seed: int = -1
-    # Fold older turns into a summary once this many are outside the window (0 = never).
+    # Turns folded into the summary at once, also the step the history window slides by
+    # (0 = no summaries; the window then slides by half its size).
     summary_batch: int = 6
     summary_max_tokens: int = 120
     vision_timeout_s: float = 30.0
+    # Keep each user turn's context block (what the robot saw then) in the history text, so
+    # the next prompt repeats the evaluated tokens exactly and the prefix cache holds.
+    keep_context_in_history: bool = True
+    # After a summary rewrites a session's prefix, evaluate the new prefix in idle time.
+    warm_after_summary: bool = True
 
 
 @dataclass
@@ -69,6 +102,12 @@ class EngineStats:
     last_tokens_per_s: float = 0.0
     summaries: int = 0
     summaries_preempted: int = 0
+    prefills: int = 0
+    prefills_preempted: int = 0
+    warmups: int = 0
+    vision_timeouts: int = 0
+    # Prompt tokens the back end evaluated for the last answer (0 = all were cached).
+    last_prompt_tokens: int = 0
 
 
 class ChatEngine:
@@ -90,7 +129,13 @@ class ChatEngine:
         self._classifier = classifier or VisualTurnClassifier()
         # Told once, from the engine thread, when loading ends (READY or FAILED, with detail).
         self._on_loaded = on_loaded or (lambda _state, _detail: None)
-        self._queue: queue.Queue[ChatJob | None] = queue.Queue(maxsize=self.settings.max_pending)
+        # Jobs ready for the LLM, by submission order; visual jobs waiting for the vision
+        # model. Both count against max_pending. Guarded by _cond.
+        self._cond = threading.Condition()
+        self._ready: list[tuple[int, ChatJob]] = []
+        self._awaiting_vision: dict[str, tuple[ChatJob, VisualQuestion, float]] = {}
+        self._order = itertools.count()
+        self._job_order: dict[str, int] = {}
         self._state = EngineState.LOADING
         self._state_detail = ""
         self._load_started = time.monotonic()
@@ -98,10 +143,20 @@ class ChatEngine:
         self._done_observers: list[Callable[[ChatJob], None]] = []
         self._current: ChatJob | None = None
         self._stop = threading.Event()
-        # Sessions whose older turns wait to be folded into their summary; done when idle.
+        # Background work, done only while no job is ready, highest priority first:
+        # speculative prefill (newest only), sessions whose prefix should be evaluated
+        # (a visual job's while the vision model looks; a session's after its summary),
+        # sessions whose older turns wait to be folded into their summary.
+        self._prefill_pending: ChatRequest | None = None
+        self._warm_due: OrderedDict[str, None] = OrderedDict()
         self._summary_due: set[str] = set()
-        # Set by submit(): background summary work yields to a person waiting for an answer.
+        # Set when higher-priority work arrives: background work stops within one small
+        # prompt chunk or one decode step.
         self._preempt = threading.Event()
+        # (session, text) -> (scene text, time) of the last speculative prefill.
+        self._prefilled: tuple[str, str, str, float] | None = None
+        # (session, stamp, words) -> the user message as evaluated (context block + words).
+        self._evaluated: OrderedDict[tuple[str, float, str], str] = OrderedDict()
         self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="chat-engine", daemon=True)
 
@@ -111,21 +166,23 @@ class ChatEngine:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._preempt.set()
         current = self._current
         if current is not None:
-            current.cancel()
-        # Fail everything still queued so no caller waits forever.
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                self._finish(
-                    job, ChatResult(False, "the node is shutting down", request_id=job.request_id)
-                )
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)
+            current.cancel("the node is shutting down")
+        # Fail everything queued or waiting for vision so no caller waits forever.
+        with self._cond:
+            waiting = [job for _, job in self._ready]
+            waiting += [job for job, _, _ in self._awaiting_vision.values()]
+            for _job, question, _deadline in self._awaiting_vision.values():
+                self._vision.withdraw(question)
+            self._ready.clear()
+            self._awaiting_vision.clear()
+            self._cond.notify_all()
+        for job in waiting:
+            self._finish(
+                job, ChatResult(False, "the node is shutting down", request_id=job.request_id)
+            )
         self._thread.join(timeout)
         self._state = EngineState.STOPPED
         self.backend.close()
@@ -140,7 +197,8 @@ class ChatEngine:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        with self._cond:
+            return len(self._ready) + len(self._awaiting_vision)
 
     @property
     def busy(self) -> bool:
@@ -170,18 +228,114 @@ class ChatEngine:
             job = ChatJob(request, [*self._observers, *([listener] if listener else [])])
             for observer in self._done_observers:
                 job.add_done_callback(observer)
-            try:
-                self._queue.put_nowait(job)
-                self._preempt.set()
-            except queue.Full:
-                raise RequestRejected(
-                    f"busy: {self.settings.max_pending} requests are already waiting; "
-                    "try again shortly"
-                ) from None
+            visual = (
+                self._vision is not None
+                and self._classifier.route(request.text, request.use_vision).visual
+            )
+            with self._cond:
+                if len(self._ready) + len(self._awaiting_vision) >= self.settings.max_pending:
+                    raise RequestRejected(
+                        f"busy: {self.settings.max_pending} requests are already waiting; "
+                        "try again shortly"
+                    )
+                self._job_order[job.request_id] = next(self._order)
+                if visual:
+                    self._ask_vision(job)
+                else:
+                    self._make_ready(job)
             return job
         except RequestRejected:
             self.stats.rejected += 1
             raise
+
+    def prefill(self, request: ChatRequest) -> bool:
+        """Evaluate, in idle time, the prompt `request` would get, without answering it.
+
+        For speculative starts (a person pauses mid-utterance): the prompt is built exactly
+        as for a real answer (persona, summary, history window, the newest scene in the
+        context block) and evaluated into the session's KV cache; nothing is generated,
+        stored or emitted. It runs as low-priority background work: any real request
+        preempts it (within one small prompt chunk), and a newer prefill replaces an older
+        one that is pending or running. A real request with the same session and words
+        within PREFILL_REUSE_S then reuses the prefill's scene text, so its prompt is
+        identical and only the last token or so is evaluated. Visual turns prefill their
+        stable prefix only (the vision answer is not known yet).
+
+        Returns False (and does nothing) when the request is invalid, the model is not
+        ready, or the back end cannot prefill.
+        """
+        if not hasattr(self.backend, "prefill"):
+            return False
+        try:
+            request = normalise_request(request, self.settings.limits)
+            self._check_ready()
+        except RequestRejected:
+            return False
+        with self._cond:
+            self._prefill_pending = request
+            self._preempt.set()  # a running older prefill (or summary) gives way
+            self._cond.notify_all()
+        return True
+
+    def _make_ready(self, job: ChatJob) -> None:
+        """Caller holds _cond."""
+        order = self._job_order.pop(job.request_id, next(self._order))
+        heapq.heappush(self._ready, (order, job))
+        # Its answer evaluates the session's prefix anyway.
+        self._warm_due.pop(job.request.session_id, None)
+        self._preempt.set()  # background work gives way to a person waiting
+        self._cond.notify_all()
+
+    def _ask_vision(self, job: ChatJob) -> None:
+        """Send a visual job to the vision worker; it joins the LLM queue when answered.
+        Caller holds _cond."""
+        try:
+            question = self._vision.ask_async(job.request.text, on_done=self._vision_answered)
+        except VisionUnavailable as exc:
+            job.vision_text = self._no_sight(str(exc))
+            self._make_ready(job)
+            return
+        deadline = time.monotonic() + self.settings.vision_timeout_s
+        self._awaiting_vision[id(question)] = (job, question, deadline)
+        # Meanwhile the engine may evaluate the job's stable prefix.
+        self._warm_due[job.request.session_id] = None
+        self._warm_due.move_to_end(job.request.session_id, last=False)
+        self._cond.notify_all()
+
+    def _vision_answered(self, question: VisualQuestion) -> None:
+        """On the vision thread: the answer (or failure) arrived; the job may go on."""
+        with self._cond:
+            entry = self._awaiting_vision.pop(id(question), None)
+            if entry is None:  # timed out and withdrawn already, or shutting down
+                return
+            job = entry[0]
+            if question.result is not None:
+                job.vision_text, job.vision_used = question.result.text, True
+            else:
+                job.vision_text = self._no_sight(question.error or "no answer")
+            self._make_ready(job)
+
+    @staticmethod
+    def _no_sight(reason: str) -> str:
+        return f"nothing right now ({reason}); say so if the question needs sight"
+
+    def _expire_vision(self) -> float | None:
+        """Withdraw visual questions past vision_timeout_s (their jobs go on without sight);
+        return the seconds until the next deadline. Caller holds _cond."""
+        now = time.monotonic()
+        nearest = None
+        for key, (job, question, deadline) in list(self._awaiting_vision.items()):
+            if now >= deadline:
+                del self._awaiting_vision[key]
+                self._vision.withdraw(question)
+                self.stats.vision_timeouts += 1
+                job.vision_text = self._no_sight(
+                    f"no visual answer within {self.settings.vision_timeout_s} s"
+                )
+                self._make_ready(job)
+            elif nearest is None or deadline - now < nearest:
+                nearest = deadline - now
+        return nearest
 
     def _check_ready(self) -> None:
         if self._state is EngineState.LOADING:
@@ -207,14 +361,11 @@ class ChatEngine:
         self._state = EngineState.READY
         self._on_loaded(self._state, self._state_detail)
         while not self._stop.is_set():
-            try:
-                # Poll while summaries are due, so they run as soon as no one is waiting.
-                job = self._queue.get(timeout=IDLE_POLL_S if self._summary_due else None)
-            except queue.Empty:
-                self._summarize_next()
-                continue
+            job = self._next_job()
             if job is None:
-                break
+                if not self._stop.is_set():
+                    self._background_step()
+                continue
             self._current = job
             try:
                 self._answer(job)
@@ -226,52 +377,158 @@ class ChatEngine:
             finally:
                 self._current = None
 
-    def _answer(self, job: ChatJob) -> None:
-        request = job.request
-        if job.cancelled:
-            self._finish(job, self._result(job, "", 0, None, cancelled=True))
-            return
-        persona_id = request.persona or self.sessions.persona_of(request.session_id)
-        persona = self.personas.get(persona_id) or self.personas.get("")
-        scene, scene_used = self._scene_for(request)
+    def _next_job(self) -> ChatJob | None:
+        """The next ready job, or None when background work may run (or on stop)."""
+        with self._cond:
+            while not self._stop.is_set():
+                nearest = self._expire_vision() if self._awaiting_vision else None
+                if self._ready:
+                    return heapq.heappop(self._ready)[1]
+                if self._prefill_pending or self._warm_due or self._summary_due:
+                    self._preempt.clear()
+                    return None
+                self._cond.wait(nearest)
+            return None
+
+    def _background_step(self) -> None:
+        """One unit of background work; gives way when a job becomes ready."""
+        with self._cond:
+            request, self._prefill_pending = self._prefill_pending, None
+            warm = next(iter(self._warm_due), None) if request is None else None
+            if warm is not None:
+                del self._warm_due[warm]
         try:
-            messages = build_messages(
-                persona.render_system_prompt(),
-                self.sessions.history(request.session_id),
-                request.text,
-                scene_text=scene,
-                summary_text=self.sessions.summary(request.session_id)[0],
-                context_size=self.backend.context_size,
-                reserve_tokens=request.max_tokens,
-                count_tokens=self.backend.count_tokens,
-            )
-        except PromptTooLongError as exc:
-            self._finish(job, ChatResult(False, str(exc), request_id=job.request_id))
-            return
-        settings = GenerationSettings(
-            max_tokens=request.max_tokens,
+            if request is not None:
+                self._speculative_prefill(request)
+            elif warm is not None:
+                self._warm(warm)
+            elif self._summary_due:
+                self._summarize_next()
+        except Exception as exc:  # background work must never kill the worker
+            log.warning("background work failed: %s", exc)
+
+    def _use_session(self, session_id: str) -> None:
+        use = getattr(self.backend, "use_session", None)
+        if use is not None:
+            use(session_id)
+
+    def _generation(self, max_tokens: int, **overrides) -> GenerationSettings:
+        values = dict(
+            max_tokens=max_tokens,
             temperature=self.settings.temperature,
             top_p=self.settings.top_p,
             top_k=self.settings.top_k,
             repeat_penalty=self.settings.repeat_penalty,
             seed=self.settings.seed,
         )
+        return GenerationSettings(**(values | overrides))
+
+    # ----------------------------------------------------------------- prompts
+    def _block(self) -> int:
+        window = max(1, self.sessions.window_turns)
+        return self.settings.summary_batch or max(1, window // 2)
+
+    def _window(self, session_id: str) -> WindowPlan:
+        _summary, up_to = self.sessions.summary(session_id)
+        window, block = max(1, self.sessions.window_turns), self._block()
+        # Enough turns that the block boundaries stay anchored even when folding lags.
+        recent = self.sessions.history(session_id, max_turns=max(64, 4 * (window + block)))
+        unsummarised = [turn for turn in recent if turn.turn_id > up_to]
+        return plan_window(unsummarised, window, block, self.settings.summary_batch > 0)
+
+    def _as_evaluated(self, session_id: str, turn: TurnRecord) -> TurnRecord:
+        """A history turn as the model saw it (with the context block it was asked with)."""
+        if turn.role != "user" or not self.settings.keep_context_in_history:
+            return turn
+        text = self._evaluated.get((session_id, turn.stamp, turn.text))
+        return dataclasses.replace(turn, text=text) if text else turn
+
+    def _remember_evaluated(self, session_id: str, turn: TurnRecord, scene: str) -> None:
+        if not (self.settings.keep_context_in_history and scene):
+            return
+        key = (session_id, turn.stamp, turn.text)
+        self._evaluated[key] = f"{context_block(scene)}\n{turn.text}"
+        while len(self._evaluated) > MAX_REMEMBERED_CONTEXTS:
+            self._evaluated.popitem(last=False)
+
+    def _messages(self, request: ChatRequest, persona, scene: str) -> list:
+        """The prompt for `request`: raises PromptTooLongError."""
+        session_id = request.session_id
+        plan = self._window(session_id)
+        return build_messages(
+            persona.render_system_prompt(),
+            [self._as_evaluated(session_id, turn) for turn in plan.shown],
+            request.text,
+            scene_text=scene,
+            summary_text=self.sessions.summary(session_id)[0],
+            context_size=self.backend.context_size,
+            reserve_tokens=request.max_tokens,
+            count_tokens=self.backend.count_tokens,
+        )
+
+    def _persona(self, request: ChatRequest):
+        persona_id = request.persona or self.sessions.persona_of(request.session_id)
+        return self.personas.get(persona_id) or self.personas.get("")
+
+    def _scene_for(self, job: ChatJob) -> tuple[str, bool]:
+        """What the LLM is told about the camera: the vision model's answer for a visual
+        turn (resolved before the job was queued), else the newest scene description
+        (or the one a speculative prefill of the same words used). (text, vision used)"""
+        if self._vision is None:
+            return "", False
+        self._vision.yield_to_llm()
+        if job.vision_text is not None:
+            return job.vision_text, job.vision_used
+        request = job.request
+        if request.use_vision == "never":
+            return "", False
+        prefilled = self._prefilled
+        if (
+            prefilled is not None
+            and prefilled[:2] == (request.session_id, request.text)
+            and time.monotonic() - prefilled[3] < PREFILL_REUSE_S
+        ):
+            return prefilled[2], bool(prefilled[2])
+        text = self._vision.scene_text()
+        return text, bool(text)
+
+    # ------------------------------------------------------------------ answers
+    def _answer(self, job: ChatJob) -> None:
+        request = job.request
+        job.expire_if_due()  # nobody waits any more: finished failed, never generated
+        if job.cancelled:
+            self._finish(job, self._result(job, "", 0, None, cancelled=True))
+            return
+        persona = self._persona(request)
+        scene, scene_used = self._scene_for(job)
+        try:
+            messages = self._messages(request, persona, scene)
+        except PromptTooLongError as exc:
+            self._finish(job, ChatResult(False, str(exc), request_id=job.request_id))
+            return
+        self._use_session(request.session_id)
         parts: list[str] = []
         first_token_at = None
-        for delta in self.backend.stream_chat(messages, settings, job.cancel_event):
+        for delta in self.backend.stream_chat(
+            messages, self._generation(request.max_tokens), job.cancel_event
+        ):
             if first_token_at is None:
                 first_token_at = time.monotonic()
+                self.stats.last_prompt_tokens = getattr(self.backend, "prompt_tokens_evaluated", 0)
             parts.append(delta)
             job.emit(delta, "".join(parts), len(parts), self._listener_error)
+            job.expire_if_due()  # the backend stops before the next token once it has passed
         reply = "".join(parts).strip()
         cancelled = job.cancelled
         if reply or cancelled:
-            turns = [TurnRecord("user", request.text, request.source, job.submitted_wall)]
+            user_turn = TurnRecord("user", request.text, request.source, job.submitted_wall)
+            turns = [user_turn]
             if reply:
                 latency = time.monotonic() - job.submitted_at
                 turns.append(TurnRecord("assistant", reply, "llm", time.time(), latency))
             self.sessions.append(request.session_id, persona.persona_id, *turns)
-            if self._summary_needed(request.session_id):
+            self._remember_evaluated(request.session_id, user_turn, scene)
+            if self.settings.summary_batch > 0 and self._window(request.session_id).fold:
                 self._summary_due.add(request.session_id)
         self._finish(
             job,
@@ -280,47 +537,85 @@ class ChatEngine:
             ),
         )
 
-    def _scene_for(self, request: ChatRequest) -> tuple[str, bool]:
-        """What the LLM is told about the camera: a fresh answer from the vision model for a
-        visual turn, else the newest scene description. (text, whether vision was used)"""
-        if self._vision is None:
-            return "", False
-        self._vision.yield_to_llm()
-        if not self._classifier.route(request.text, request.use_vision).visual:
-            text = self._vision.scene_text() if request.use_vision != "never" else ""
-            return text, bool(text)
+    # --------------------------------------------------------- background work
+    def _speculative_prefill(self, request: ChatRequest) -> None:
+        visual = (
+            self._vision is not None
+            and self._classifier.route(request.text, request.use_vision).visual
+        )
+        if visual:
+            self._warm(request.session_id)
+            return
+        scene = ""
+        if self._vision is not None and request.use_vision != "never":
+            scene = self._vision.scene_text()
         try:
-            result, _stamp = self._vision.ask(request.text, timeout=self.settings.vision_timeout_s)
-        except VisionUnavailable as exc:
-            return f"nothing right now ({exc}); say so if the question needs sight", False
-        return result.text, True
+            messages = self._messages(request, self._persona(request), scene)
+        except PromptTooLongError:
+            return
+        self._use_session(request.session_id)
+        self._prefilled = (request.session_id, request.text, scene, time.monotonic())
+        self.backend.prefill(messages, self._generation(1, preemptible=True), self._preempt)
+        if self._preempt.is_set():
+            self.stats.prefills_preempted += 1
+        else:
+            self.stats.prefills += 1
 
-    def _summary_needed(self, session_id: str) -> bool:
-        batch = self.settings.summary_batch
-        return batch > 0 and len(self.sessions.turns_to_fold(session_id)) >= batch
+    def _warm(self, session_id: str) -> None:
+        """Evaluate the session's stable prefix (system message and history) in idle time,
+        so its next answer evaluates only the new message."""
+        if not hasattr(self.backend, "prefill"):
+            return
+        persona = self.personas.get(self.sessions.persona_of(session_id)) or self.personas.get("")
+        plan = self._window(session_id)
+        if not plan.shown and not self.sessions.summary(session_id)[0]:
+            return  # nothing beyond the persona prompt; not worth a context switch
+        try:
+            messages = build_messages(
+                persona.render_system_prompt(),
+                [self._as_evaluated(session_id, turn) for turn in plan.shown],
+                "",
+                summary_text=self.sessions.summary(session_id)[0],
+                context_size=self.backend.context_size,
+                reserve_tokens=min(256, self.backend.context_size // 4),
+                count_tokens=self.backend.count_tokens,
+            )[:-1]  # without the empty question: its template tokens differ anyway
+        except PromptTooLongError:
+            return
+        self._use_session(session_id)
+        self.backend.prefill(messages, self._generation(1, preemptible=True), self._preempt)
+        if not self._preempt.is_set():
+            self.stats.warmups += 1
+            return
+        with self._cond:  # try again when idle, unless an answer in this session comes first
+            if session_id not in [job.request.session_id for _, job in self._ready]:
+                self._warm_due.setdefault(session_id, None)
 
     def _summarize_next(self) -> None:
-        """Fold one due session's older turns into its summary; give way to any request."""
+        """Fold one due session's oldest block of turns into its summary; give way to any
+        request (the summary's prompt is evaluated in small preemptible chunks)."""
         session_id = self._summary_due.pop()
-        turns = self.sessions.turns_to_fold(session_id)
-        if len(turns) < max(1, self.settings.summary_batch):
+        plan = self._window(session_id)
+        if not plan.fold:
             return
-        self._preempt.clear()
-        if not self._queue.empty():  # a request arrived meanwhile: it goes first
-            self._summary_due.add(session_id)
+        unsummarised = len(plan.shown) + plan.hidden
+        turns = self.sessions.turns_to_fold(session_id, keep=max(1, unsummarised - plan.fold))
+        turns = turns[: MAX_FOLD_BLOCKS * self._block()]
+        if not turns:
             return
         previous, _ = self.sessions.summary(session_id)
-        settings = GenerationSettings(
-            max_tokens=self.settings.summary_max_tokens,
-            temperature=0.2,
-            top_p=self.settings.top_p,
-            top_k=self.settings.top_k,
-            repeat_penalty=self.settings.repeat_penalty,
-            seed=self.settings.seed,
-        )
         messages = build_summary_messages(previous, turns)
+        self._use_session(SCRATCH_SESSION)
         try:
-            parts = list(self.backend.stream_chat(messages, settings, self._preempt))
+            parts = list(
+                self.backend.stream_chat(
+                    messages,
+                    self._generation(
+                        self.settings.summary_max_tokens, temperature=0.2, preemptible=True
+                    ),
+                    self._preempt,
+                )
+            )
         except Exception as exc:
             log.warning("summary of session %s failed: %s", session_id, exc)
             return
@@ -332,6 +627,11 @@ class ChatEngine:
         if text:
             self.sessions.set_summary(session_id, text, turns[-1].turn_id)
             self.stats.summaries += 1
+            if self._window(session_id).fold:
+                self._summary_due.add(session_id)  # more to fold (it lagged behind)
+            elif self.settings.warm_after_summary:
+                with self._cond:
+                    self._warm_due.setdefault(session_id, None)
 
     def _result(
         self,

@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from smolfusion_ros.core.requests import ChatRequest
 
@@ -40,15 +40,53 @@ class ChatJob:
         self.submitted_at = time.monotonic()
         self.submitted_wall = time.time()
         self.cancel_event = threading.Event()
+        # Monotonic time after which nobody waits for the answer (None = no deadline).
+        self.deadline: float | None = (
+            self.submitted_at + request.timeout_s if request.timeout_s > 0 else None
+        )
+        # Why the job was stopped when it was not its caller's cancel (deadline, shutdown): the
+        # result then fails with this error instead of counting as cancelled by the caller.
+        self.stop_reason = ""
         self._listeners = list(listeners or [])
         self._done = threading.Event()
         self._done_callbacks: list[Callable[[ChatJob], None]] = []
         self._lock = threading.Lock()
         self.result: ChatResult | None = None
+        # Set by the engine for a visual turn before it enters the LLM queue: what the vision
+        # model answered (or why it could not), and whether that answer is real.
+        self.vision_text: str | None = None
+        self.vision_used = False
 
-    def cancel(self) -> None:
-        """Ask the worker to stop this answer; takes effect before the next token."""
+    def cancel(self, reason: str = "") -> None:
+        """Ask the worker to stop this answer; takes effect before the next token.
+
+        With a reason (the deadline passed, the node is shutting down) the job ends with
+        success=false and that error, not as cancelled; a caller's earlier cancel wins.
+        """
+        if reason and not self.cancel_event.is_set():
+            self.stop_reason = reason
         self.cancel_event.set()
+
+    def deadline_passed(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def deadline_error(self) -> str:
+        return (
+            f"deadline passed: the caller's timeout_s={self.request.timeout_s:g} s ran out "
+            "before the answer was done; the work was stopped"
+        )
+
+    def expire(self) -> None:
+        """Stop the job because nobody waits for it any more."""
+        self.cancel(self.deadline_error())
+
+    def expire_if_due(self) -> bool:
+        """Stop the job if its deadline has passed; True when it has (the worker checks this
+        before it starts a job and between tokens)."""
+        if not self.deadline_passed():
+            return False
+        self.expire()
+        return True
 
     @property
     def cancelled(self) -> bool:
@@ -78,6 +116,8 @@ class ChatJob:
                 on_error(exc)
 
     def finish(self, result: ChatResult, on_error: Callable[[Exception], None]) -> None:
+        if self.stop_reason and not result.success:
+            result = replace(result, error=self.stop_reason, cancelled=False)
         with self._lock:
             self.result = result
             self._done.set()

@@ -3,9 +3,14 @@
 One vision thread owns the vision back end. It answers visual questions first (a person is
 waiting), and otherwise, every `interval_s`, describes the newest frame it has not described
 yet. Frames are never queued: a new frame replaces the previous one (counted as dropped if
-it was never described). Background descriptions yield to the language model: none starts
-while an answer is being generated, and a running one is cancelled (and retried later) when
-an answer or a visual question needs the machine.
+it was never described).
+
+How the scene loop shares the machine with the language model is a policy
+(`concurrency`): "yield" (small CPUs) - no background description starts while an answer is
+being generated, and a running one is cancelled (and retried later) when an answer needs
+the machine; "concurrent" (GPU profiles, CPUs with free cores) - the scene loop keeps
+running beside the LLM, each with its own thread budget. Visual questions are answered in
+either case; `ask_async` lets the chat engine serve other turns while the vision model looks.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 
 # While the LLM generates, how often the worker checks whether it may describe again.
 LLM_BUSY_POLL_S = 0.05
+CONCURRENCY_POLICIES = ("yield", "concurrent")
 
 
 class VisionUnavailable(Exception):
@@ -83,13 +89,25 @@ class Scene:
 
 
 @dataclass
-class _Question:
+class VisualQuestion:
+    """One question to the vision model; `done` is set when it is answered or failed."""
+
     prompt: str
     image: np.ndarray | None
     done: threading.Event
     result: VisionResult | None = None
     error: str = ""
     frame_stamp: float = 0.0
+    # Called on the vision thread once done (answered, failed or withdrawn).
+    on_done: Callable[[VisualQuestion], None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def withdrawn(self) -> bool:
+        return self.cancel.is_set()
+
+
+_Question = VisualQuestion
 
 
 @dataclass
@@ -98,6 +116,7 @@ class VisionStats:
     questions: int = 0
     preempted: int = 0
     failures: int = 0
+    withdrawn: int = 0
     last_latency_s: float = 0.0
 
 
@@ -115,14 +134,21 @@ class VisionWorker:
         on_scene: Callable[[Scene], None] = lambda _scene: None,
         person_tracker: PersonTracker | None = None,
         max_pending_questions: int = 4,
+        concurrency: str = "yield",
     ) -> None:
+        if concurrency not in CONCURRENCY_POLICIES:
+            raise ValueError(
+                f"concurrency must be one of {', '.join(CONCURRENCY_POLICIES)}, got {concurrency!r}"
+            )
+        self.concurrency = concurrency
         self.backend = backend
         self.frames = frames
         self._interval_s = interval_s
         self._scene_prompt = scene_prompt
         self._max_tokens = max_tokens
         self._max_scene_age_s = max_scene_age_s
-        self._llm_busy = llm_busy
+        # "concurrent": the scene loop does not wait for the LLM.
+        self._llm_busy = llm_busy if concurrency == "yield" else (lambda: False)
         self._on_scene = on_scene
         self._people = person_tracker or PersonTracker()
         self._questions: queue.Queue[_Question] = queue.Queue(maxsize=max_pending_questions)
@@ -170,8 +196,9 @@ class VisionWorker:
         return scene.result.text
 
     def yield_to_llm(self) -> None:
-        """Cancel a running background description: an answer is about to be generated."""
-        if self._in_background:
+        """Cancel a running background description: an answer is about to be generated.
+        (Policy "yield" only; with "concurrent" the description goes on beside the LLM.)"""
+        if self._in_background and self.concurrency == "yield":
             self._background_cancel.set()
 
     def ask(
@@ -181,24 +208,40 @@ class VisionWorker:
 
         Returns (result, frame stamp). Raises VisionUnavailable with the reason.
         """
+        question = self.ask_async(prompt, image)
+        if not question.done.wait(timeout):
+            self.withdraw(question)
+            raise VisionUnavailable(f"no visual answer within {timeout} s")
+        if question.result is None:
+            raise VisionUnavailable(question.error or "the vision model gave no answer")
+        return question.result, question.frame_stamp
+
+    def ask_async(
+        self,
+        prompt: str,
+        image: np.ndarray | None = None,
+        on_done: Callable[[VisualQuestion], None] | None = None,
+    ) -> VisualQuestion:
+        """Queue a question without waiting; `on_done(question)` runs on the vision thread
+        when it is answered or failed. Raises VisionUnavailable when it cannot be asked."""
         if self.load_error:
             raise VisionUnavailable(f"the vision model failed to load: {self.load_error}")
         if not self.ready:
             raise VisionUnavailable("the vision model is still loading")
         if image is None and self.frames.latest() is None:
             raise VisionUnavailable("no camera frame has been received yet")
-        question = _Question(prompt, image, threading.Event())
+        question = VisualQuestion(prompt, image, threading.Event(), on_done=on_done)
         try:
             self._questions.put_nowait(question)
         except queue.Full:
             raise VisionUnavailable("busy: too many visual questions are waiting") from None
         self._background_cancel.set()  # the person's question goes before the scene loop
         self.frames.arrived.set()  # wake the worker
-        if not question.done.wait(timeout):
-            raise VisionUnavailable(f"no visual answer within {timeout} s")
-        if question.result is None:
-            raise VisionUnavailable(question.error or "the vision model gave no answer")
-        return question.result, question.frame_stamp
+        return question
+
+    def withdraw(self, question: VisualQuestion) -> None:
+        """Give up on a question: not started = never computed; running = cancelled."""
+        question.cancel.set()
 
     # ------------------------------------------------------------------- worker
     def _run(self) -> None:
@@ -231,27 +274,46 @@ class VisionWorker:
                 described_seq = frame.seq
                 next_scene_at = time.monotonic() + self._interval_s
 
-    def _answer(self, question: _Question) -> None:
+    def _answer(self, question: VisualQuestion) -> None:
+        try:
+            self._answer_question(question)
+        finally:
+            question.done.set()
+            if question.on_done is not None:
+                try:
+                    question.on_done(question)
+                except Exception as exc:
+                    log.warning("a visual question's callback failed: %s", exc)
+
+    def _answer_question(self, question: VisualQuestion) -> None:
+        if question.withdrawn:  # its asker gave up before it started: never computed
+            self.stats.withdrawn += 1
+            question.error = "withdrawn"
+            return
         image, stamp = question.image, time.time()
         if image is None:
             frame = self.frames.latest()
             if frame is None:
                 question.error = "no camera frame has been received yet"
-                question.done.set()
                 return
             image, stamp = frame.image, frame.stamp
             self.frames.mark_used(frame.seq)
         try:
-            question.result = self.backend.describe(
-                image, question.prompt, threading.Event(), self._max_tokens
+            result = self.backend.describe(
+                image, question.prompt, question.cancel, self._max_tokens
             )
-            question.frame_stamp = stamp
-            self.stats.questions += 1
-            self.stats.last_latency_s = question.result.latency_s
         except Exception as exc:  # bad image or back-end failure: the caller gets the reason
             self.stats.failures += 1
             question.error = f"vision failed: {exc}"
-        question.done.set()
+            return
+        if question.withdrawn:
+            self.stats.withdrawn += 1
+            question.error = "withdrawn"
+            return
+        question.result = result
+        question.frame_stamp = stamp
+        self.stats.questions += 1
+        self.stats.last_latency_s = result.latency_s
 
     def _describe_scene(self, frame: Frame) -> bool:
         """Describe `frame` for the scene loop; False when cancelled (to be retried)."""

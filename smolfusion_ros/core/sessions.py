@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -28,18 +29,21 @@ class TurnRecord:
 
 
 class SessionStore(Protocol):
+    window_turns: int
+
     def persona_of(self, session_id: str) -> str: ...
 
-    def history(self, session_id: str) -> list[TurnRecord]:
-        """The newest turns (at most the window), oldest first."""
+    def history(self, session_id: str, max_turns: int = 0) -> list[TurnRecord]:
+        """The newest turns (at most `max_turns`, 0 = the window), oldest first."""
 
     def append(self, session_id: str, persona: str, *turns: TurnRecord) -> None: ...
 
     def summary(self, session_id: str) -> tuple[str, int]:
         """(summary text, id of the last turn it covers); ("", 0) when there is none."""
 
-    def turns_to_fold(self, session_id: str) -> list[TurnRecord]:
-        """Turns older than the window that the summary does not cover yet, oldest first."""
+    def turns_to_fold(self, session_id: str, keep: int = 0) -> list[TurnRecord]:
+        """Turns the summary does not cover yet, except the newest `keep` (0 = the window),
+        oldest first."""
 
     def set_summary(self, session_id: str, text: str, up_to_turn_id: int) -> None: ...
 
@@ -63,7 +67,7 @@ class InMemorySessionStore:
     ) -> None:
         self._max_sessions = max_sessions
         self._max_turns = max(max_turns, window_turns)
-        self._window = window_turns
+        self.window_turns = self._window = window_turns
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -86,10 +90,10 @@ class InMemorySessionStore:
             session = self._sessions.get(session_id)
             return session.persona if session else ""
 
-    def history(self, session_id: str) -> list[TurnRecord]:
+    def history(self, session_id: str, max_turns: int = 0) -> list[TurnRecord]:
         with self._lock:
             session = self._sessions.get(session_id)
-            return list(session.turns)[-self._window :] if session else []
+            return list(session.turns)[-(max_turns or self._window) :] if session else []
 
     def append(self, session_id: str, persona: str, *turns: TurnRecord) -> None:
         with self._lock:
@@ -103,13 +107,13 @@ class InMemorySessionStore:
             session = self._sessions.get(session_id)
             return (session.summary, session.summary_up_to) if session else ("", 0)
 
-    def turns_to_fold(self, session_id: str) -> list[TurnRecord]:
+    def turns_to_fold(self, session_id: str, keep: int = 0) -> list[TurnRecord]:
         with self._lock:
             session = self._sessions.get(session_id)
             if session is None:
                 return []
-            older = list(session.turns)[: -self._window]
-            return [t for t in older if t.turn_id > session.summary_up_to]
+            unsummarised = [t for t in session.turns if t.turn_id > session.summary_up_to]
+            return unsummarised[: max(0, len(unsummarised) - (keep or self._window))]
 
     def set_summary(self, session_id: str, text: str, up_to_turn_id: int) -> None:
         with self._lock:
@@ -124,3 +128,38 @@ class InMemorySessionStore:
     def session_ids(self) -> list[str]:
         with self._lock:
             return list(self._sessions)
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """Which turns a prompt carries, and how many of the oldest are due for the summary."""
+
+    shown: list[TurnRecord]
+    fold: int  # the oldest `fold` unsummarised turns should be folded into the summary now
+    hidden: int = 0  # unsummarised turns older than `shown` (folding lagged behind)
+
+
+def plan_window(
+    unsummarised: list[TurnRecord], window: int, block: int, summaries: bool
+) -> WindowPlan:
+    """Slide the prompt's history window in blocks, so its start (the prompt's prefix after
+    the system message) changes once per `block` turns instead of on every turn.
+
+    `unsummarised`: the session's turns that the summary does not cover, oldest first.
+    With summaries, the prompt carries all of them; once more than `window` are waiting,
+    the oldest `block` are due for folding, and when the summary lands they leave the
+    prompt together with the summary's change: one prefix change per block. If folding
+    lags (requests kept the engine busy), the window still slides, in whole blocks, once
+    more than `window + block` turns wait. Without summaries the window slides in blocks
+    of `block` and keeps between `window - block + 1` and `window` turns.
+    """
+    block = max(1, min(block, window))
+    count = len(unsummarised)
+    limit = window + block if summaries else window
+    hidden = 0
+    if count > limit:
+        hidden = min(count, math.ceil((count - window) / block) * block)
+    fold = 0
+    if summaries and count > window:
+        fold = max(hidden, block)
+    return WindowPlan(list(unsummarised[hidden:]), fold, hidden)

@@ -16,13 +16,14 @@ def _record(turn: StoredTurn) -> TurnRecord:
 class PersistentSessionStore:
     def __init__(self, store: MemoryStore, window_turns: int = 12) -> None:
         self.store = store
-        self._window = window_turns
+        self.window_turns = self._window = window_turns
 
     def persona_of(self, session_id: str) -> str:
         return self.store.session_persona(session_id)
 
-    def history(self, session_id: str) -> list[TurnRecord]:
-        return [_record(t) for t in self.store.history(session_id, max_turns=self._window)]
+    def history(self, session_id: str, max_turns: int = 0) -> list[TurnRecord]:
+        turns = self.store.history(session_id, max_turns=max_turns or self._window)
+        return [_record(t) for t in turns]
 
     def append(self, session_id: str, persona: str, *turns: TurnRecord) -> None:
         for turn in turns:
@@ -39,9 +40,13 @@ class PersistentSessionStore:
     def summary(self, session_id: str) -> tuple[str, int]:
         return self.store.summary(session_id)
 
-    def turns_to_fold(self, session_id: str) -> list[TurnRecord]:
+    def turns_to_fold(self, session_id: str, keep: int = 0) -> list[TurnRecord]:
         _text, up_to = self.store.summary(session_id)
-        return [_record(t) for t in self.store.turns_before_window(session_id, up_to, self._window)]
+        keep = keep or self._window
+        if keep <= 0:
+            return []
+        turns = self.store.turns_before_window(session_id, up_to, keep)
+        return [_record(t) for t in turns]
 
     def set_summary(self, session_id: str, text: str, up_to_turn_id: int) -> None:
         self.store.set_summary(session_id, text, up_to_turn_id)

@@ -21,6 +21,10 @@ class GenerationSettings:
     top_k: int = 40
     repeat_penalty: float = 1.1
     seed: int = -1  # -1: random
+    # Background work (summaries, speculative prefill): evaluate the prompt in small steps and
+    # check `cancel` between them, so a waiting person is delayed by about one decode step,
+    # not by a whole prompt evaluation.
+    preemptible: bool = False
 
 
 class LLMBackendError(RuntimeError):
@@ -58,3 +62,23 @@ class LLMBackend(Protocol):
         """Yield the answer as text deltas (one per token) until done or cancelled."""
 
     def close(self) -> None: ...
+
+
+class SessionAwareBackend(Protocol):
+    """Optional back-end hooks for keeping each conversation's prompt state (KV cache).
+
+    The core calls `use_session` before every generation with the conversation it belongs
+    to ("" for work outside any conversation, such as a summary), `prefill` to evaluate a
+    prompt without answering, and reads `prompt_tokens_evaluated` after a generation. A back
+    end without these (a remote server) is used as is: the core checks with hasattr.
+    """
+
+    prompt_tokens_evaluated: int
+
+    def use_session(self, session_id: str) -> None:
+        """Make `session_id`'s saved state current (saving the current one first)."""
+
+    def prefill(
+        self, messages: list[ChatMessage], settings: GenerationSettings, cancel: threading.Event
+    ) -> int:
+        """Evaluate the prompt `messages` would get, answer nothing; returns tokens evaluated."""

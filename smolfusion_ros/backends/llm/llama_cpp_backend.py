@@ -2,20 +2,53 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import random
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from smolfusion_ros.backends.llm.base import ChatMessage, GenerationSettings, LLMBackendError
+
+log = logging.getLogger(__name__)
+
+# Tokens per llama_decode call for preemptible (background) prompt evaluation. Measured on the
+# 2-core development machine: a 16-token batch of SmolLM2-135M takes about as long as two
+# single-token decode steps, and evaluates the prompt at about 80 % of the speed of 256-token
+# batches, so a waiting request is delayed by roughly one decode step, not a whole prompt.
+BACKGROUND_EVAL_CHUNK = 16
+
+
+class _Preempted(Exception):
+    """Raised inside llama-cpp-python's generate() to stop a prompt evaluation between chunks."""
+
+
+@dataclass
+class _SavedSession:
+    tokens: np.ndarray  # the token ids the saved KV cache holds, in order
+    state: ctypes.Array  # llama_state_seq_get_data output for sequence 0
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.state) + self.tokens.nbytes
 
 
 class LlamaCppChatBackend:
     """Chat completion through llama-cpp-python, with the chat template stored in the GGUF.
 
     The Llama object keeps the previous prompt's KV cache, so a follow-up turn of the same
-    session only evaluates the new tokens.
+    session only evaluates the new tokens (llama-cpp-python matches the new prompt's tokens
+    against the ones it evaluated last and keeps the common prefix). Interleaved sessions
+    would evict each other's cache; `session_cache_bytes` > 0 keeps each session's state
+    (the KV cells of sequence 0 and their token ids, through llama_state_seq_get/set_data)
+    in a least-recently-used store bounded by that many bytes, saved when another session
+    takes the context and restored when the session speaks again.
     """
 
     name = "llama_cpp"
@@ -29,6 +62,8 @@ class LlamaCppChatBackend:
         n_batch: int = 256,
         n_gpu_layers: int = 0,
         chat_format: str = "",
+        session_cache_bytes: int = 0,
+        background_chunk: int = BACKGROUND_EVAL_CHUNK,
         verbose: bool = False,
     ) -> None:
         self._model_path = Path(model_path)
@@ -39,6 +74,20 @@ class LlamaCppChatBackend:
         self._chat_format = chat_format or None
         self._verbose = verbose
         self._llm = None
+        self._background_chunk = max(1, background_chunk)
+        # Per-call evaluation control, read by the patched Llama.eval (one worker thread).
+        self._eval_chunk = n_batch
+        self._eval_cancel: threading.Event | None = None
+        self._counting_prompt = False
+        # Tokens evaluated before the first answer token of the last generation (or prefill):
+        # how much of the prompt the KV cache did not already hold.
+        self.prompt_tokens_evaluated = 0
+        self.tokens_evaluated_total = 0
+        self._session_budget = max(0, int(session_cache_bytes))
+        self._sessions: OrderedDict[str, _SavedSession] = OrderedDict()
+        self._active_session = ""
+        self.session_restores = 0
+        self.session_saves = 0
 
     @property
     def model_name(self) -> str:
@@ -47,6 +96,10 @@ class LlamaCppChatBackend:
     @property
     def context_size(self) -> int:
         return self._llm.n_ctx() if self._llm is not None else self._n_ctx
+
+    @property
+    def session_cache_bytes(self) -> int:
+        return sum(saved.nbytes for saved in self._sessions.values())
 
     def load(self) -> None:
         try:
@@ -68,12 +121,93 @@ class LlamaCppChatBackend:
             )
         except (ValueError, RuntimeError) as exc:
             raise LLMBackendError(f"llama.cpp could not load {self._model_path}: {exc}") from exc
+        self._patch_eval()
+
+    def _patch_eval(self) -> None:
+        """Route llama-cpp-python's prompt evaluation through chunks we can stop between.
+
+        Llama.generate() evaluates the whole uncached prompt in one eval() call before the
+        first token; a long one (a summary's, or a whole history after the prefix changed)
+        could not be interrupted. The instance attribute shadows the method; eval() itself
+        keeps n_tokens and input_ids consistent after every chunk, so a stopped evaluation
+        leaves a valid, reusable prefix in the KV cache.
+        """
+        llm = self._llm
+        evaluate = llm.eval  # the bound original
+
+        def eval_in_chunks(tokens) -> None:
+            tokens = list(tokens)
+            step = max(1, self._eval_chunk)
+            for start in range(0, len(tokens), step):
+                cancel = self._eval_cancel
+                if cancel is not None and cancel.is_set():
+                    raise _Preempted
+                part = tokens[start : start + step]
+                evaluate(part)
+                self.tokens_evaluated_total += len(part)
+                if self._counting_prompt:
+                    self.prompt_tokens_evaluated += len(part)
+
+        llm.eval = eval_in_chunks
 
     def count_tokens(self, text: str) -> int:
         if self._llm is None:
             return max(1, len(text) // 4)
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
+    # ---------------------------------------------------------------- sessions
+    def use_session(self, session_id: str) -> None:
+        """Make `session_id`'s KV state current: save the active session's state (when the
+        cache is on), then restore `session_id`'s if it was saved. "" = outside any session.
+        """
+        if self._llm is None or session_id == self._active_session:
+            return
+        if self._session_budget and self._active_session and self._llm.n_tokens > 0:
+            self._save(self._active_session)
+        self._active_session = session_id
+        saved = self._sessions.pop(session_id, None)
+        if saved is not None:
+            self._restore(saved)
+
+    def forget_session(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
+    def _save(self, session_id: str) -> None:
+        import llama_cpp
+
+        ctx = self._llm._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        n_tokens = self._llm.n_tokens
+        if size + n_tokens * 4 > self._session_budget:
+            return  # larger than the whole budget: keeping it would evict everything else
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        if written == 0:
+            return
+        saved = _SavedSession(self._llm.input_ids[:n_tokens].copy(), buffer)
+        self._sessions[session_id] = saved
+        self._sessions.move_to_end(session_id)
+        self.session_saves += 1
+        while self.session_cache_bytes > self._session_budget and len(self._sessions) > 1:
+            self._sessions.popitem(last=False)  # least recently used
+
+    def _restore(self, saved: _SavedSession) -> None:
+        import llama_cpp
+
+        llm = self._llm
+        llm._ctx.kv_cache_seq_rm(-1, -1, -1)
+        if llama_cpp.llama_state_seq_set_data(llm._ctx.ctx, saved.state, len(saved.state), 0):
+            n_tokens = len(saved.tokens)
+            llm.input_ids[:n_tokens] = saved.tokens
+            llm.n_tokens = n_tokens
+            self.session_restores += 1
+        else:  # the context could not take it back: start from an empty cache
+            llm.n_tokens = 0
+        # The logits of the last token are not part of the saved state: generate() must
+        # evaluate at least one token before sampling (it replays the last one if needed).
+        llm._requires_eval = True
+
+    # -------------------------------------------------------------- generation
     def stream_chat(
         self,
         messages: list[ChatMessage],
@@ -85,6 +219,12 @@ class LlamaCppChatBackend:
         # llama-cpp-python reuses its construction seed when none is given, which would make
         # every answer to the same prompt identical: draw a fresh one unless fixed.
         seed = settings.seed if settings.seed >= 0 else random.getrandbits(31)
+        self._eval_chunk = self._background_chunk if settings.preemptible else self._n_batch
+        # Every request is cancellable between prompt chunks too (a long prompt on a slow
+        # machine takes seconds); background work additionally uses small chunks.
+        self._eval_cancel = cancel
+        self.prompt_tokens_evaluated = 0
+        self._counting_prompt = True
         stream = self._llm.create_chat_completion(
             messages=list(messages),
             max_tokens=settings.max_tokens,
@@ -97,16 +237,44 @@ class LlamaCppChatBackend:
         )
         try:
             for chunk in stream:
+                self._counting_prompt = False
                 if cancel.is_set():
                     break
                 delta = chunk["choices"][0]["delta"].get("content")
                 if delta:
                     yield delta
+        except _Preempted:
+            return
         finally:
+            self._counting_prompt = False
+            self._eval_cancel = None
             # Closing the generator ends llama.cpp's sampling loop at once.
             stream.close()
 
+    def prefill(
+        self, messages: list[ChatMessage], settings: GenerationSettings, cancel: threading.Event
+    ) -> int:
+        """Evaluate the prompt `messages` gives and stop before the first answer token.
+
+        One token is sampled and dropped (llama-cpp-python evaluates a prompt only on the
+        way to a token); it is never evaluated, so the KV cache then holds exactly the
+        prompt and the next generation with the same messages evaluates nothing new.
+        """
+        one = GenerationSettings(
+            max_tokens=1,
+            temperature=0.0,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            repeat_penalty=settings.repeat_penalty,
+            seed=0,
+            preemptible=settings.preemptible,
+        )
+        for _ in self.stream_chat(messages, one, cancel):
+            break
+        return self.prompt_tokens_evaluated
+
     def close(self) -> None:
+        self._sessions.clear()
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.close()
