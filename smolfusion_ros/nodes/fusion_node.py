@@ -96,6 +96,20 @@ def _parameter_specs() -> list[ParamSpec]:
         ParamSpec("llm.repeat_penalty", 1.1, "repetition penalty", between(0.5, 3.0)),
         ParamSpec("llm.seed", -1, "sampling seed (-1 = random)", at_least(-1)),
         ParamSpec(
+            "llm.session_cache_mb",
+            128,
+            "memory for saved per-session KV state, so interleaved sessions do not re-evaluate "
+            "their history (least recently used dropped; 0 = off)",
+            between(0, 1_000_000),
+        ),
+        ParamSpec(
+            "llm.background_chunk",
+            16,
+            "prompt tokens per evaluation step of background work (summaries, prefill); a "
+            "waiting request is delayed by at most one such step",
+            between(1, 8192),
+        ),
+        ParamSpec(
             "chat.default_max_tokens",
             160,
             "answer length for utterances from topics",
@@ -190,6 +204,8 @@ class FusionNode(Node):
             n_threads=p["llm.n_threads"],
             n_batch=p["llm.n_batch"],
             n_gpu_layers=p["llm.n_gpu_layers"],
+            session_cache_bytes=p["llm.session_cache_mb"] << 20,
+            background_chunk=p["llm.background_chunk"],
         )
         limits = RequestLimits(
             max_input_chars=p["chat.max_input_chars"],

@@ -21,12 +21,18 @@ from smolfusion_ros import catalogue
 from smolfusion_ros.backends import registry
 from smolfusion_ros.core.people import PersonTracker
 from smolfusion_ros.core.routing import DEFAULT_VISUAL_PATTERNS, VisualTurnClassifier
-from smolfusion_ros.core.scene import LatestFrame, Scene, VisionUnavailable, VisionWorker
+from smolfusion_ros.core.scene import (
+    CONCURRENCY_POLICIES,
+    LatestFrame,
+    Scene,
+    VisionUnavailable,
+    VisionWorker,
+)
 from smolfusion_ros.io.image_convert import ImageConversionError, rgb_to_image_fields
 from smolfusion_ros.io.overlay import draw_caption
 from smolfusion_ros.msg import ResponseChunk, SceneContext, Turn
 from smolfusion_ros.nodes.conversions import image_msg_to_rgb, stamp_from_wall
-from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, at_least, between
+from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, at_least, between, one_of
 from smolfusion_ros.srv import Analyze
 
 
@@ -76,6 +82,13 @@ def vision_parameter_specs() -> list[ParamSpec]:
             "vision.timeout_s", 30.0, "a visual question gives up after this long", at_least(0.1)
         ),
         ParamSpec(
+            "vision.concurrency",
+            "yield",
+            "scene loop beside the LLM: yield (pause while an answer is generated; small CPUs) "
+            "or concurrent (keep describing, each model with its own threads; GPU profiles)",
+            one_of(*CONCURRENCY_POLICIES),
+        ),
+        ParamSpec(
             "vision.visual_patterns",
             list(DEFAULT_VISUAL_PATTERNS),
             "regular expressions that make a turn visual (use_vision=auto)",
@@ -117,6 +130,7 @@ class VisionBridge:
             llm_busy=llm_busy,
             on_scene=self._publish_scene,
             person_tracker=PersonTracker(p["vision.absence_s"]),
+            concurrency=p["vision.concurrency"],
         )
         self._scene_pub = node.create_publisher(SceneContext, "scene", 10)
         self._debug_pub = node.create_publisher(Image, "debug_image", qos_profile_sensor_data)
