@@ -21,7 +21,7 @@ INSTALL = {
     "cv2": "sudo apt-get install python3-opencv (rosdep key python3-opencv)",
     "sqlite_utils": "pip install sqlite-utils (rosdep key python3-sqlite-utils-pip)",
     "sounddevice": "pip install sounddevice (rosdep key python3-sounddevice-pip)",
-    "onnxruntime": "pip install onnxruntime (rosdep key python3-onnxruntime-pip)",
+    "onnxruntime": 'pip install onnxruntime "numpy<2"',
     "faster_whisper": "pip install faster-whisper",
     "ctranslate2": "pip install faster-whisper",
     "rapidocr": "pip install rapidocr",
