@@ -22,9 +22,14 @@ import rclpy
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from smolfusion_ros.action import Converse
 from smolfusion_ros.srv import Chat
+
+# The client's own response queue: rclpy's default keeps the last 10, so a client with many
+# calls in flight (a burst from one behaviour tree) could lose answers on its side too.
+CLIENT_QOS = QoSProfile(depth=256, reliability=ReliabilityPolicy.RELIABLE)
 
 
 class ClientError(RuntimeError):
@@ -82,8 +87,15 @@ class SmolFusionClient:
             self._spin_thread.start()
         self.node = node
         prefix = f"{namespace.rstrip('/')}/" if namespace else ""
-        self._chat = node.create_client(Chat, f"{prefix}chat")
-        self._converse = ActionClient(node, Converse, f"{prefix}converse")
+        self._chat = node.create_client(Chat, f"{prefix}chat", qos_profile=CLIENT_QOS)
+        self._converse = ActionClient(
+            node,
+            Converse,
+            f"{prefix}converse",
+            goal_service_qos_profile=CLIENT_QOS,
+            result_service_qos_profile=CLIENT_QOS,
+            cancel_service_qos_profile=CLIENT_QOS,
+        )
 
     def wait_for_servers(self, timeout: float = 30.0) -> None:
         if not self._chat.wait_for_service(timeout_sec=timeout):
@@ -118,13 +130,20 @@ class SmolFusionClient:
         use_vision: str = "",
         max_tokens: int = 128,
         timeout: float = 120.0,
+        timeout_s: float | None = None,
     ) -> Chat.Response:
+        """Ask and wait up to `timeout` s (ClientError after that).
+
+        The node is told the same deadline (Chat.timeout_s, unless `timeout_s` is given), so
+        an answer this client gave up on stops there instead of holding the model.
+        """
         request = Chat.Request(
             session_id=session_id,
             text=text,
             persona=persona,
             use_vision=use_vision,
             max_tokens=max_tokens,
+            timeout_s=float(timeout if timeout_s is None else timeout_s),
         )
         return _wait_future(self._chat.call_async(request), timeout, "chat")
 
@@ -138,13 +157,20 @@ class SmolFusionClient:
         max_tokens: int = 128,
         on_feedback: Callable[[Converse.Feedback], None] | None = None,
         timeout: float = 30.0,
+        timeout_s: float = 0.0,
     ) -> ConverseHandle:
+        """Send a goal (waiting up to `timeout` s for it to be accepted) and return its handle.
+
+        `timeout_s` > 0 is the answer's deadline at the node (0 = chat.request_timeout_s);
+        a behaviour-tree leaf with its own timeout should cancel() the handle when it gives up.
+        """
         goal = Converse.Goal(
             session_id=session_id,
             text=text,
             persona=persona,
             use_vision=use_vision,
             max_tokens=max_tokens,
+            timeout_s=float(timeout_s),
         )
         holder: dict[str, ConverseHandle] = {}
 

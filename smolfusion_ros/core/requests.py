@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ class ChatRequest:
     use_vision: str = "auto"
     max_tokens: int = 0
     source: str = "text"  # where the user's words came from: text, speech, service, action
+    # Seconds the caller waits for the answer (0 = no deadline). The job's deadline: work nobody
+    # waits for any more is dropped from the queue or stopped mid-answer (ChatJob.deadline).
+    timeout_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,11 @@ def normalise_request(request: ChatRequest, limits: RequestLimits) -> ChatReques
         raise RequestRejected(
             f"use_vision must be one of {', '.join(USE_VISION_VALUES)}, got {request.use_vision!r}"
         )
+    timeout_s = float(request.timeout_s)
+    if not (math.isfinite(timeout_s) and timeout_s >= 0):
+        raise RequestRejected(
+            f"timeout_s must be 0 (no limit) or positive seconds, got {timeout_s}"
+        )
     session_id = validate_session_id(request.session_id, limits.default_session_id)
     return ChatRequest(
         text=text,
@@ -69,4 +78,5 @@ def normalise_request(request: ChatRequest, limits: RequestLimits) -> ChatReques
         use_vision=use_vision,
         max_tokens=request.max_tokens,
         source=request.source,
+        timeout_s=timeout_s,
     )

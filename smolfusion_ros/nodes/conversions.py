@@ -18,8 +18,12 @@ def stamp_from_wall(seconds: float | None = None) -> Time:
     return Time(sec=sec, nanosec=int((seconds - sec) * 1e9))
 
 
-def chat_request_from(msg, source: str) -> ChatRequest:
-    """Chat.Request, Converse.Goal and anything with the same fields."""
+def chat_request_from(msg, source: str, default_timeout_s: float = 0.0) -> ChatRequest:
+    """Chat.Request, Converse.Goal and anything with the same fields.
+
+    timeout_s = 0 (or a message without the field) means default_timeout_s.
+    """
+    timeout_s = float(getattr(msg, "timeout_s", 0.0))
     return ChatRequest(
         text=msg.text,
         session_id=msg.session_id,
@@ -27,6 +31,7 @@ def chat_request_from(msg, source: str) -> ChatRequest:
         use_vision=msg.use_vision,
         max_tokens=int(msg.max_tokens),
         source=source,
+        timeout_s=timeout_s if timeout_s != 0 else default_timeout_s,
     )
 
 

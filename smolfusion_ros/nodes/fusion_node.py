@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from smolfusion_ros import catalogue, paths
 from smolfusion_ros.action import Converse
@@ -54,7 +57,7 @@ from smolfusion_ros.nodes.parameters import (
     declare_parameters,
     one_of,
 )
-from smolfusion_ros.nodes.runner import run_node
+from smolfusion_ros.nodes.runner import CONFIG_ERROR_EXIT, request_exit, run_node
 from smolfusion_ros.srv import Chat
 
 FEEDBACK_POLL_S = 0.02
@@ -62,6 +65,54 @@ FEEDBACK_POLL_S = 0.02
 # answer through the action took 1.17x the direct llama.cpp time on 2 cores, batched 1.10x
 # (bench/bench_chat_latency.py); a person cannot tell 30 ms apart.
 FEEDBACK_BATCH_S = 0.03
+
+# Request queues of the chat service and the converse action's goal, cancel and result
+# services. rclpy's default keeps the last 10 requests, so 200 simultaneous calls lost 190
+# before any callback ran (issue 9). A robot sees bursts from many behaviour-tree leaves,
+# consoles and retries at once; 256 holds such a burst, and every request in it is answered
+# (overload at once with "busy", which costs microseconds). Reliable, because a lost request is
+# a caller waiting forever; volatile, because a request is for this node now and must never be
+# replayed to a restarted one. The same depth bounds the server's response writer, so the
+# burst's answers are not dropped on the way back either. Memory: a Chat request is a few KB.
+REQUEST_QUEUE_DEPTH = 256
+REQUEST_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=REQUEST_QUEUE_DEPTH,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+# Feedback: one goal streams at a time and its feedback is batched (FEEDBACK_BATCH_S), so the
+# default depth of 10 reliable messages is plenty; a slow reader delays, never loses, tokens.
+FEEDBACK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+# A model that fails to load in the background stops the node (exit 2, one line) instead of
+# leaving it up and failing every chat; it reports ERROR on /diagnostics for this long first,
+# so monitors (and the launch log) see why before the node goes.
+LOAD_FAILURE_EXIT_DELAY_S = 2.0
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf_file(path, parameter: str) -> None:
+    """Raise ConfigError with one clear line unless `path` is a readable GGUF file.
+
+    Checked at start-up, before the background load, so that a wrong file (a directory, an
+    empty or unreadable file, a safetensors/bin/text file) stops the node at once like every
+    other bad parameter, instead of leaving it running and failing every chat.
+    """
+    if path.is_dir():
+        raise ConfigError(f"{parameter}: {path} is a directory, not a GGUF model file")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise ConfigError(f"{parameter}: cannot read {path}: {exc.strerror or exc}") from None
+    if not magic:
+        raise ConfigError(f"{parameter}: {path} is empty, not a GGUF model file")
+    if magic != GGUF_MAGIC:
+        raise ConfigError(
+            f"{parameter}: {path} is not a GGUF model file (it starts with {magic!r}, "
+            f"not {GGUF_MAGIC!r}); llama.cpp needs a .gguf file"
+        )
 
 
 def _parameter_specs() -> list[ParamSpec]:
@@ -192,10 +243,14 @@ class FusionNode(Node):
             raise ConfigError(f"persona file {personas_path} does not exist") from None
         except PersonaError as exc:
             raise ConfigError(str(exc)) from None
+        given = Path(p["llm.model_path"]).expanduser() if p["llm.model_path"] else None
+        if given is not None and given.exists():
+            check_gguf_file(given, "llm.model_path")  # the precise reason, before the catalogue
         try:
-            model_path = catalogue.resolve_model(p["llm.model"], p["llm.model_path"])
+            model_path = catalogue.resolve_model(p["llm.model"], p["llm.model_path"], kind="llm")
         except catalogue.ModelNotFoundError as exc:
             raise ConfigError(str(exc)) from None
+        check_gguf_file(model_path, "llm.model_path" if given else f"llm.model={p['llm.model']}")
         self._model_path = model_path
         backend = registry.create_llm_backend(
             p["llm.backend"],
@@ -240,9 +295,22 @@ class FusionNode(Node):
             classifier=self.vision.classifier if self.vision else None,
             on_loaded=self._on_model_loaded,
         )
+        # Service calls and goals wait on an executor thread until their answer is done (the
+        # model works on the engine's thread). At most chat.max_pending + 1 chat/converse
+        # requests can be unfinished at once (more are rejected), plus the analyze calls; the
+        # runner sizes the executor above this so rejections, cancels, timers and topics always
+        # find a free thread (runner.create_executor).
+        self.max_waiting_calls = (
+            p["chat.max_pending"] + 1 + (self.vision.max_waiting_calls if self.vision else 0)
+        )
         self._utterances_dropped = 0
         self._active_goals: dict[bytes, ChatJob] = {}
         self._goals_lock = threading.Lock()
+        # chat calls and converse goals being served; shutdown waits until they have answered
+        self._calls_in_flight = 0
+        self._calls_lock = threading.Lock()
+        self._closing = False
+        self._closed = False
 
         self._stream_pub = self.create_publisher(ResponseChunk, "response_stream", 100)
         self._response_pub = self.create_publisher(Turn, "response", 10)
@@ -250,7 +318,9 @@ class FusionNode(Node):
         self.engine.add_token_observer(self._publish_chunk)
         self.engine.add_done_observer(self._publish_final)
 
-        self.create_service(Chat, "chat", self._on_chat, callback_group=waiting)
+        self.create_service(
+            Chat, "chat", self._on_chat, qos_profile=REQUEST_QOS, callback_group=waiting
+        )
         self._converse = ActionServer(
             self,
             Converse,
@@ -259,6 +329,10 @@ class FusionNode(Node):
             goal_callback=lambda _goal: GoalResponse.ACCEPT,
             cancel_callback=self._on_cancel,
             callback_group=waiting,
+            goal_service_qos_profile=REQUEST_QOS,
+            result_service_qos_profile=REQUEST_QOS,
+            cancel_service_qos_profile=REQUEST_QOS,
+            feedback_pub_qos_profile=FEEDBACK_QOS,
         )
         self.create_subscription(
             Utterance,
@@ -299,13 +373,33 @@ class FusionNode(Node):
     def _on_model_loaded(self, state: EngineState, detail: str) -> None:
         if state is EngineState.READY:
             self.get_logger().info(f"ready: {detail}")
-        else:
-            self.get_logger().error(f"language model failed to load: {detail}")
+            return
+        # A node that cannot answer must not look alive: ERROR on /diagnostics now (and on
+        # every tick until it goes), then a clean exit with one line, as for a ConfigError.
+        self._publish_diagnostics()
+        message = (
+            f"configuration error: the language model {self._model_path.name} "
+            f"failed to load: {detail}"
+        )
+        timer = threading.Timer(
+            LOAD_FAILURE_EXIT_DELAY_S, request_exit, args=(CONFIG_ERROR_EXIT, message)
+        )
+        timer.daemon = True
+        timer.start()
 
     # ---------------------------------------------------------------- requests
     def _on_chat(self, request: Chat.Request, response: Chat.Response) -> Chat.Response:
+        with self._calls_lock:
+            self._calls_in_flight += 1
         try:
-            job = self.engine.submit(chat_request_from(request, "service"))
+            return self._answer_chat(request, response)
+        finally:
+            with self._calls_lock:
+                self._calls_in_flight -= 1
+
+    def _answer_chat(self, request: Chat.Request, response: Chat.Response) -> Chat.Response:
+        try:
+            job = self.engine.submit(self._request_from(request, "service"))
         except RequestRejected as exc:
             response.success, response.error = False, str(exc)
             return response
@@ -313,14 +407,19 @@ class FusionNode(Node):
             self.get_logger().error(f"chat failed: {exc}")
             response.success, response.error = False, f"internal error: {exc}"
             return response
-        timeout = self._params["chat.request_timeout_s"]
-        result = job.wait(timeout)
+        # The caller's deadline (timeout_s, else chat.request_timeout_s) ends this wait, and
+        # the work with it: an answer nobody waits for must not hold the model.
+        result = job.wait(max(0.0, job.deadline - time.monotonic()))
         if result is None:
-            job.cancel()
-            response.success = False
-            response.error = f"no answer within chat.request_timeout_s={timeout} s"
+            job.expire()  # a queued job is dropped when it comes up; a running one stops
+            result = job.wait(0)
+        if result is None:
+            response.success, response.error = False, job.deadline_error()
             return response
         return fill_chat_response(response, result)
+
+    def _request_from(self, msg, source: str) -> ChatRequest:
+        return chat_request_from(msg, source, self._params["chat.request_timeout_s"])
 
     def _on_cancel(self, goal_handle) -> CancelResponse:
         with self._goals_lock:
@@ -330,12 +429,21 @@ class FusionNode(Node):
         return CancelResponse.ACCEPT
 
     def _execute_converse(self, goal_handle) -> Converse.Result:
+        with self._calls_lock:
+            self._calls_in_flight += 1
+        try:
+            return self._run_converse(goal_handle)
+        finally:
+            with self._calls_lock:
+                self._calls_in_flight -= 1
+
+    def _run_converse(self, goal_handle) -> Converse.Result:
         result_msg = Converse.Result()
         feedback_queue: queue.SimpleQueue = queue.SimpleQueue()
         key = bytes(goal_handle.goal_id.uuid)
         try:
             job = self.engine.submit(
-                chat_request_from(goal_handle.request, "action"),
+                self._request_from(goal_handle.request, "action"),
                 listener=lambda _job, delta, partial, n: feedback_queue.put((delta, partial, n)),
             )
         except RequestRejected as exc:
@@ -348,6 +456,7 @@ class FusionNode(Node):
             while not (job.done and feedback_queue.empty()):
                 if goal_handle.is_cancel_requested:
                     job.cancel()
+                job.expire_if_due()  # also while queued or waiting for the vision model
                 if self._send_feedback(goal_handle, feedback_queue):
                     job.wait(FEEDBACK_BATCH_S)  # returns at once when the answer is done
         finally:
@@ -363,8 +472,7 @@ class FusionNode(Node):
             goal_handle.abort()
         return result_msg
 
-    @staticmethod
-    def _send_feedback(goal_handle, feedback_queue: queue.SimpleQueue) -> bool:
+    def _send_feedback(self, goal_handle, feedback_queue: queue.SimpleQueue) -> bool:
         """Publish everything queued as one feedback message; False when nothing was queued."""
         try:
             delta, partial, tokens = feedback_queue.get(timeout=FEEDBACK_POLL_S)
@@ -377,6 +485,8 @@ class FusionNode(Node):
                 delta += more
             except queue.Empty:
                 break
+        if self._closing:
+            return True  # the result ("shutting down") matters now; feedback is dropped
         goal_handle.publish_feedback(Converse.Feedback(delta=delta, partial=partial, tokens=tokens))
         return True
 
@@ -426,7 +536,10 @@ class FusionNode(Node):
 
     def _publish_final(self, job: ChatJob) -> None:
         result = job.result
-        if result is None or not (result.success or result.cancelled):
+        # An answer stopped part-way (cancel, deadline, shutdown) still ends its stream, so
+        # listeners such as tts_node never wait for a final chunk that does not come.
+        stopped = result is not None and (result.cancelled or (job.stop_reason and result.tokens))
+        if result is None or not (result.success or stopped):
             return
         self._stream_pub.publish(
             ResponseChunk(
@@ -452,7 +565,7 @@ class FusionNode(Node):
                 latency_s=float(result.latency_s),
                 tokens=result.tokens,
                 scene_used=result.scene_used,
-                cancelled=result.cancelled,
+                cancelled=bool(stopped),
             )
         )
 
@@ -486,11 +599,30 @@ class FusionNode(Node):
             )
         )
 
-    def close(self) -> None:
-        """Stop the engine: cancels the current answer and fails queued requests."""
+    def begin_shutdown(self) -> None:
+        """Answer everything in progress while the entities still exist (runner.shutdown).
+
+        The current answer stops before its next token and every queued request and streaming
+        goal ends with success=false, "the node is shutting down"; new requests get the same.
+        """
+        if self._closing:
+            return
+        self._closing = True
         if self.vision:
             self.vision.close()
         self.engine.stop()
+
+    def drained(self) -> bool:
+        """True once every chat call and converse goal has returned its answer."""
+        with self._calls_lock:
+            return self._calls_in_flight == 0
+
+    def close(self) -> None:
+        """Stop the engine: cancels the current answer and fails queued requests."""
+        if self._closed:
+            return
+        self._closed = True
+        self.begin_shutdown()
 
 
 def main() -> None:

@@ -35,6 +35,10 @@ from smolfusion_ros.nodes.conversions import image_msg_to_rgb, stamp_from_wall
 from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, at_least, between, one_of
 from smolfusion_ros.srv import Analyze
 
+# Visual questions (analyze calls) that may wait behind the running one; more get "busy". Each
+# waiting analyze call holds an executor thread, so the node counts them (max_waiting_calls).
+ANALYZE_MAX_PENDING = 4
+
 
 def vision_parameter_specs() -> list[ParamSpec]:
     return [
@@ -130,8 +134,11 @@ class VisionBridge:
             llm_busy=llm_busy,
             on_scene=self._publish_scene,
             person_tracker=PersonTracker(p["vision.absence_s"]),
+            max_pending_questions=ANALYZE_MAX_PENDING,
             concurrency=p["vision.concurrency"],
         )
+        # analyze calls that can wait at once: the queued ones and the one being answered.
+        self.max_waiting_calls = ANALYZE_MAX_PENDING + 1
         self._scene_pub = node.create_publisher(SceneContext, "scene", 10)
         self._debug_pub = node.create_publisher(Image, "debug_image", qos_profile_sensor_data)
         self._greeting_turns = node.create_publisher(Turn, "response", 10)
