@@ -1,15 +1,31 @@
-"""Speech benchmarks: Whisper's real-time factor, and voice to final utterance / first token.
+"""Speech benchmarks: hearing other voices (WER, real-time factor) and voice -> first token.
 
-    .venv/bin/python bench/bench_speech.py [--reps 5]
+    .venv/bin/python bench/bench_speech.py                 # both parts
+    .venv/bin/python bench/bench_speech.py --part wer      # recognisers over voices
+    .venv/bin/python bench/bench_speech.py --part latency  # speculation on vs off, live nodes
 
-In one run on this machine, with cpu_demo settings:
-  1. speech-to-text real-time factor (compute time / audio time) of the faster-whisper back
-     end (Whisper tiny.en, int8, 1 thread, beam 5) on sentences spoken by espeak-ng;
-  2. end of speech -> final utterance: speech_node and fusion_node run as processes; the
-     sentence is streamed into `audio` in 100 ms chunks at real-time pace, and the clock starts
-     when the chunk holding the last speech sample is published (the 0.7 s silence the VAD
-     waits for is part of the latency, as a person experiences it);
-  3. end of speech -> first answer token on `response_stream` ("voice to first token").
+1. Word error rate and real-time factor of the faster-whisper back end (the node's own code
+   path) over espeak-ng English voices the tests do not use (US, British, Scottish, Caribbean,
+   Lancaster, New York), two speeds (140 and 185 words/min), clean and with white noise at
+   10 dB SNR, on sentences the tests do not use. One row per recogniser setting (model,
+   compute type, threads, beam; --stt adds more), per voice and overall, against the target
+   (<= 10% WER at RTF <= 0.3). RTF = compute time / audio time, per clip, summed.
+2. Voice -> first token with the cpu_demo profile's own parameters (config/cpu_demo.yaml, as
+   installed: the same files the bringup and the tests use), speech_node and fusion_node as
+   processes. Two speech_nodes hear the same audio in turn (alternating which goes first):
+   "speculative" with the profile's speculation settings, and "baseline" with speculation off
+   (vad.speculate_silence_ms 0: the behaviour before speculation). Both feed one fusion_node.
+   The clock starts at the real end of speech: the last audible sample of the clip (found by
+   energy, espeak-ng pads its output), at the real-time instant it was "heard" (chunks are
+   published at real-time pace when their audio is complete, as from a microphone).
+   Measured: end of speech -> final utterance, and -> first answer token on response_stream;
+   WER of the finals of both (the same recogniser: speculation must not change it).
+3. Sentences with a natural pause (two espeak-ng phrases joined by 300-600 ms of silence):
+   false starts (speculations discarded because speech resumed, from speech_node's
+   /diagnostics), and turns committed inside the pause (a final utterance or an answer token
+   before the real end of speech = the robot would answer over the person), for both nodes.
+   Target: median end of speech -> first token <= 0.6 s at the same WER, and no answer over a
+   person who paused mid-sentence.
 """
 
 from __future__ import annotations
@@ -24,176 +40,439 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 99)))
 
 import numpy as np  # noqa: E402
 
+from smolfusion_ros import paths  # noqa: E402
 from smolfusion_ros.backends import registry  # noqa: E402
-from smolfusion_ros.catalogue import resolve_model  # noqa: E402
-from smolfusion_ros.io.audio import int16_to_float32, resample  # noqa: E402
+from smolfusion_ros.io.audio import int16_to_float32, resample, speech_bounds  # noqa: E402
 from smolfusion_ros.nodes.dds import use_large_frame_transport  # noqa: E402
 
-SENTENCES = (
+RATE = 16000
+CHUNK = RATE // 10
+TARGET_WER = 0.10
+TARGET_RTF = 0.30
+TARGET_FIRST_TOKEN_S = 0.6
+
+# None of these is in the tests (test/test_speech_*.py, test_voice_pipeline.py).
+WER_SENTENCES = (
+    "The library closes at nine in the evening.",
+    "Could you turn off the lights in the hallway?",
+    "My brother bought three green apples yesterday.",
+    "I left my umbrella on the bus this morning.",
+    "Where can I find a good place to eat lunch?",
+    "The children are playing football in the park.",
+)
+VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-us-nyc")
+SPEEDS = (140, 185)
+NOISE_SNR_DB = 10.0
+DEFAULT_STT = ("whisper-tiny-en:int8:1:5", "whisper-base:int8:1:5")
+
+LATENCY_SENTENCES = (
     "What is the weather like today?",
     "Please tell me a short story about a robot.",
     "How do I get to the train station?",
     "Can you help me carry this box?",
     "What time does the museum open tomorrow?",
 )
-RATE = 16000
-CHUNK = RATE // 10
+# (first phrase, second phrase, pause): a pause inside the sentence, where people breathe.
+PAUSED = (
+    ("Could you bring me", "the red cup from the table?", 0.35),
+    ("I would like to know", "when the next bus leaves.", 0.45),
+    ("Tell me about the weather,", "and what I should wear.", 0.5),
+    ("My favourite colour is blue.", "What is yours?", 0.55),
+    ("Please remind me", "to call my sister tonight.", 0.6),
+    ("Where is the kitchen,", "and is there any coffee?", 0.4),
+)
 
 
-def speak(text: str) -> np.ndarray:
-    """The sentence spoken by espeak-ng (the package's own TTS back end), int16 at 16 kHz."""
-    speech = registry.create_tts_backend("espeak", rate_wpm=160).synthesize(text)
-    return resample(speech.samples, speech.sample_rate, RATE).astype(np.int16)
+def speak(text: str, voice: str = "en-us", rate_wpm: int = 160) -> np.ndarray:
+    """The sentence spoken by espeak-ng (the package's own TTS back end), int16 at 16 kHz,
+    trimmed to its audible part."""
+    speech = registry.create_tts_backend("espeak", voice=voice, rate_wpm=rate_wpm).synthesize(text)
+    audio = resample(speech.samples, speech.sample_rate, RATE).astype(np.int16)
+    first, end = speech_bounds(audio, RATE)
+    return audio[first:end]
 
 
-def real_time_factor(samples: list[np.ndarray]) -> list[float]:
+def with_noise(audio: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
+    x = audio.astype(np.float64)
+    power = float(np.mean(x**2))
+    noise = np.random.default_rng(seed).normal(0.0, np.sqrt(power / 10 ** (snr_db / 10)), len(x))
+    return np.clip(x + noise, -32768, 32767).astype(np.int16)
+
+
+def words(text: str) -> list[str]:
+    import re
+
+    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+
+
+def word_errors(reference: list[str], hypothesis: list[str]) -> int:
+    row = list(range(len(hypothesis) + 1))
+    for i, ref_word in enumerate(reference, 1):
+        previous, row[0] = row[0], i
+        for j, hyp_word in enumerate(hypothesis, 1):
+            previous, row[j] = (
+                row[j],
+                min(row[j] + 1, row[j - 1] + 1, previous + (ref_word != hyp_word)),
+            )
+    return row[-1]
+
+
+# ---- 1. WER over voices ---------------------------------------------------------------------
+
+
+@dataclass
+class Clip:
+    text: str
+    voice: str
+    speed: int
+    noisy: bool
+    audio: np.ndarray  # int16, 16 kHz, 0.3 s of silence before and 0.25 s after
+
+
+def wer_clips(sentences: int) -> list[Clip]:
+    clips = []
+    pad_before, pad_after = np.zeros(RATE * 3 // 10, np.int16), np.zeros(RATE // 4, np.int16)
+    for voice in VOICES:
+        for speed in SPEEDS:
+            for k, text in enumerate(WER_SENTENCES[:sentences]):
+                audio = np.concatenate([pad_before, speak(text, voice, speed), pad_after])
+                clips.append(Clip(text, voice, speed, False, audio))
+                noisy = with_noise(audio, NOISE_SNR_DB, seed=hash((voice, speed, k)) % 2**31)
+                clips.append(Clip(text, voice, speed, True, noisy))
+    return clips
+
+
+def stt_from_spec(spec: str):
+    """'model:compute_type:threads:beam' -> a loaded back end, as speech_node builds it."""
+    from smolfusion_ros.nodes.speech_node import resolve_stt_model
+
+    model, compute, threads, beam = spec.split(":")
     stt = registry.create_stt_backend(
-        "faster_whisper", model_path=resolve_model("whisper-tiny-en"), n_threads=1
+        "faster_whisper",
+        model_path=resolve_stt_model("faster_whisper", model, ""),
+        compute_type=compute,
+        n_threads=int(threads),
+        beam_size=int(beam),
     )
     stt.load()
-    stt.transcribe(int16_to_float32(samples[0]), final=True)  # warm-up
-    factors = []
-    for audio in samples:
-        result = stt.transcribe(int16_to_float32(audio), final=True)
-        factors.append(result.compute_s / result.audio_s)
-    return factors
+    return stt
 
 
-def voice_latency(samples: list[np.ndarray], reps: int) -> tuple[list[float], list[float]]:
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-
-    from smolfusion_ros.client import SmolFusionClient
-    from smolfusion_ros.msg import AudioChunk, ResponseChunk, Utterance
-    from smolfusion_ros.nodes.conversions import stamp_from_wall
-
-    use_large_frame_transport()
-    namespace = "/bench_speech"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                f"smolfusion_ros.nodes.{name}",
-                "--ros-args",
-                "-r",
-                f"__ns:={namespace}",
-                *extra,
-            ],
-            cwd=tempfile.gettempdir(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=os.environ | {"ROS_HOME": tempfile.mkdtemp()},
-        )
-        for name, extra in (
-            ("fusion_node", ["-p", "llm.temperature:=0.0", "-p", "chat.default_max_tokens:=32"]),
-            ("speech_node", ["-p", "session_id:=voice", "-p", "partial_interval_s:=1.0"]),
-        )
-    ]
-    rclpy.init()
-    node = rclpy.create_node("bench_speech_client")
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    finals: list[float] = []
-    first_tokens: list[float] = []
-    seen_requests: set[str] = set()
-
-    def on_utterance(msg: Utterance) -> None:
-        if msg.is_final:
-            finals.append(time.monotonic())
-
-    def on_chunk(msg: ResponseChunk) -> None:
-        if msg.session_id == "voice" and msg.request_id not in seen_requests:
-            seen_requests.add(msg.request_id)
-            first_tokens.append(time.monotonic())
-
-    node.create_subscription(Utterance, f"{namespace}/utterance", on_utterance, 10)
-    node.create_subscription(ResponseChunk, f"{namespace}/response_stream", on_chunk, 100)
-    audio_pub = node.create_publisher(AudioChunk, f"{namespace}/audio", 50)
-    client = SmolFusionClient(node=node, namespace=namespace)
-    to_final, to_token = [], []
-    try:
-        client.wait_until_ready(120)
-        deadline = time.monotonic() + 30
-        while audio_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        silence = np.zeros(RATE // 2, np.int16)
-        for rep in range(reps + 1):
-            audio = samples[rep % len(samples)]
-            stream = np.concatenate([silence, audio, silence, silence, silence])
-            speech_end = len(silence) + len(audio)
-            n_finals, n_tokens = len(finals), len(first_tokens)
-            started, end_at = time.monotonic(), None
-            for i, start in enumerate(range(0, len(stream), CHUNK)):
-                piece = stream[start : start + CHUNK]
-                audio_pub.publish(
-                    AudioChunk(
-                        stamp=stamp_from_wall(),
-                        sample_rate=RATE,
-                        channels=1,
-                        samples=piece.tolist(),
-                    )
-                )
-                if end_at is None and start + CHUNK >= speech_end:
-                    end_at = time.monotonic()
-                time.sleep(max(0.0, started + (i + 1) * 0.1 - time.monotonic()))
-            deadline = time.monotonic() + 30
-            while (len(finals) == n_finals or len(first_tokens) == n_tokens) and (
-                time.monotonic() < deadline
+def wer_part(specs: list[str], sentences: int) -> None:
+    clips = wer_clips(sentences)
+    print(
+        f"1. WER over {len(VOICES)} voices x {len(SPEEDS)} speeds x clean/noisy "
+        f"({NOISE_SNR_DB:.0f} dB SNR) x {sentences} sentences = {len(clips)} clips per setting; "
+        f"target <= {TARGET_WER:.0%} at RTF <= {TARGET_RTF}",
+        flush=True,
+    )
+    for spec in specs:
+        stt = stt_from_spec(spec)
+        stt.transcribe(int16_to_float32(clips[0].audio), final=True)  # warm-up
+        rows: dict[str, list[int]] = {}  # key -> [errors, words]
+        compute = audio_s = 0.0
+        for clip in clips:
+            result = stt.transcribe(int16_to_float32(clip.audio), final=True)
+            compute += result.compute_s
+            audio_s += result.audio_s
+            errors = word_errors(words(clip.text), words(result.text))
+            for key in (
+                clip.voice,
+                f"{clip.speed} wpm",
+                "noisy" if clip.noisy else "clean",
+                "overall",
             ):
-                time.sleep(0.01)
-            time.sleep(1.5)  # let the answer finish before the next question
-            if rep == 0 or len(finals) == n_finals or len(first_tokens) == n_tokens:
-                continue  # warm-up, or nothing heard
-            to_final.append(finals[n_finals] - end_at)
-            to_token.append(first_tokens[n_tokens] - end_at)
-    finally:
-        executor.shutdown()
-        spinner.join(5)
-        node.destroy_node()
+                row = rows.setdefault(key, [0, 0])
+                row[0] += errors
+                row[1] += len(words(clip.text))
+        stt.close()
+        rtf = compute / audio_s
+        overall = rows["overall"][0] / rows["overall"][1]
+        detail = ", ".join(f"{key} {e / n:.1%}" for key, (e, n) in rows.items() if key != "overall")
+        met = "meets" if overall <= TARGET_WER and rtf <= TARGET_RTF else "misses"
+        print(
+            f"   {spec:28s} WER {overall:6.1%}  RTF {rtf:.3f}  ({met} the target)\n      {detail}",
+            flush=True,
+        )
+
+
+# ---- 2./3. live nodes -----------------------------------------------------------------------
+
+
+class Rig:
+    """fusion_node + two speech_nodes (speculative, baseline) as processes, and a client."""
+
+    NAMESPACE = "/bench_speech"
+
+    def __init__(self) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import MultiThreadedExecutor
+
+        from smolfusion_ros.client import SmolFusionClient
+        from smolfusion_ros.msg import AudioChunk, ResponseChunk, Utterance
+        from smolfusion_ros.nodes.speech_node import AUDIO_QOS
+
+        use_large_frame_transport()
+        profile = str(paths.config_path("cpu_demo.yaml"))
+        base = [sys.executable, "-m"]
+        ns = ["--ros-args", "-r", f"__ns:={self.NAMESPACE}", "--params-file", profile]
+        speech = "smolfusion_ros.nodes.speech_node"
+        commands = [
+            # The profile's own settings; only the answer length is capped to keep runs short
+            # (it does not change the time to the first token).
+            base + ["smolfusion_ros.nodes.fusion_node", *ns, "-p", "chat.default_max_tokens:=24"],
+            base
+            + [speech, *ns, "-r", "__node:=speech_spec", "-r", "audio:=audio_spec"]
+            + ["-p", "session_id:=voice", "-p", "diagnostics_period_s:=0.25"],
+            base
+            + [speech, *ns, "-r", "__node:=speech_base", "-r", "audio:=audio_base"]
+            + ["-p", "session_id:=voice", "-p", "diagnostics_period_s:=0.25"]
+            + ["-p", "vad.speculate_silence_ms:=0", "-p", "vad.end_silence_short_ms:=0"],
+        ]
+        self.procs = [
+            subprocess.Popen(
+                command,
+                cwd=tempfile.gettempdir(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=os.environ | {"ROS_HOME": tempfile.mkdtemp()},
+            )
+            for command in commands
+        ]
+        rclpy.init()
+        self.node = rclpy.create_node("bench_speech_client")
+        self.executor = MultiThreadedExecutor(num_threads=4)
+        self.executor.add_node(self.node)
+        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
+        self.spinner.start()
+        self.lock = threading.Lock()
+        self.utterances: list[tuple[float, object]] = []
+        self.first_tokens: list[float] = []
+        self.seen_requests: set[str] = set()
+        self.diagnostics: dict[str, dict[str, str]] = {}
+        self.node.create_subscription(
+            Utterance, f"{self.NAMESPACE}/utterance", self._on_utterance, 50
+        )
+        self.node.create_subscription(
+            ResponseChunk, f"{self.NAMESPACE}/response_stream", self._on_chunk, 200
+        )
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
+        self.audio = {
+            name: self.node.create_publisher(
+                AudioChunk, f"{self.NAMESPACE}/audio_{name}", AUDIO_QOS
+            )
+            for name in ("spec", "base")
+        }
+        self.client = SmolFusionClient(node=self.node, namespace=self.NAMESPACE)
+        self.client.wait_until_ready(180)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            p.get_subscription_count() for p in self.audio.values()
+        ):
+            time.sleep(0.05)
+        time.sleep(1.0)
+
+    def _on_utterance(self, msg) -> None:
+        with self.lock:
+            self.utterances.append((time.monotonic(), msg))
+
+    def _on_chunk(self, msg) -> None:
+        with self.lock:
+            if msg.session_id == "voice" and msg.request_id not in self.seen_requests:
+                self.seen_requests.add(msg.request_id)
+                self.first_tokens.append(time.monotonic())
+
+    def _on_diag(self, msg) -> None:
+        for status in msg.status:
+            for name in ("speech_spec", "speech_base"):
+                if name in status.name:
+                    with self.lock:
+                        self.diagnostics[name] = {kv.key: kv.value for kv in status.values}
+
+    def counter(self, name: str, key: str) -> int:
+        time.sleep(0.6)  # a fresh /diagnostics (0.25 s period)
+        with self.lock:
+            return int(self.diagnostics.get(name, {}).get(key, 0))
+
+    def play(self, which: str, speech: np.ndarray, after_s: float = 2.0) -> dict:
+        """Stream 0.5 s of silence, the speech, after_s of silence in real-time chunks.
+
+        Returns the real end of speech (monotonic), and the first final utterance and first
+        answer token that came after the speech started."""
+        from smolfusion_ros.msg import AudioChunk
+        from smolfusion_ros.nodes.conversions import stamp_from_wall
+
+        lead = np.zeros(RATE // 2, np.int16)
+        stream = np.concatenate([lead, speech, np.zeros(int(after_s * RATE), np.int16)])
+        with self.lock:
+            n_utt, n_tok = len(self.utterances), len(self.first_tokens)
+        started = time.monotonic()
+        wall0 = time.time()
+        for k, first in enumerate(range(0, len(stream), CHUNK)):
+            # A chunk goes out once its audio has been "heard", as from a real microphone.
+            time.sleep(max(0.0, started + (k + 1) * CHUNK / RATE - time.monotonic()))
+            piece = stream[first : first + CHUNK]
+            self.audio[which].publish(
+                AudioChunk(
+                    stamp=stamp_from_wall(wall0 + first / RATE),
+                    seq=k,
+                    sample_rate=RATE,
+                    channels=1,
+                    samples=piece.tolist(),
+                )
+            )
+        end_of_speech = started + (len(lead) + len(speech)) / RATE
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with self.lock:
+                finals = [(t, m) for t, m in self.utterances[n_utt:] if m.is_final]
+                tokens = self.first_tokens[n_tok:]
+            if finals and tokens:
+                break
+            time.sleep(0.02)
+        time.sleep(1.5)  # let the answer finish before the next turn
+        with self.lock:
+            finals = [(t, m) for t, m in self.utterances[n_utt:] if m.is_final]
+            tokens = self.first_tokens[n_tok:]
+            speculative = [t for t, m in self.utterances[n_utt:] if m.speculative]
+        return {
+            "end": end_of_speech,
+            "finals": finals,
+            "tokens": tokens,
+            "speculative": speculative,
+        }
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.spinner.join(5)
+        self.node.destroy_node()
         rclpy.try_shutdown()
-        for proc in procs:
+        for proc in self.procs:
             proc.send_signal(signal.SIGINT)
-        for proc in procs:
+        for proc in self.procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    return to_final, to_token
+
+
+def latency_part(reps: int) -> None:
+    samples = [speak(text) for text in LATENCY_SENTENCES]
+    rig = Rig()
+    try:
+        results = {"spec": [], "base": []}
+        for rep in range(reps + 1):
+            k = rep % len(samples)
+            order = ("spec", "base") if rep % 2 == 0 else ("base", "spec")
+            for which in order:
+                run = rig.play(which, samples[k])
+                if rep == 0 or not run["finals"] or not run["tokens"]:
+                    continue  # warm-up, or nothing heard
+                final_at, final = run["finals"][0]
+                results[which].append(
+                    (
+                        final_at - run["end"],
+                        run["tokens"][0] - run["end"],
+                        word_errors(words(LATENCY_SENTENCES[k]), words(final.text)),
+                        len(words(LATENCY_SENTENCES[k])),
+                    )
+                )
+        print(
+            f"2. end of speech -> final utterance / first answer token (cpu_demo profile, "
+            f"{reps} sentences each, order alternating; target median first token <= "
+            f"{TARGET_FIRST_TOKEN_S} s at the same WER)",
+            flush=True,
+        )
+        medians = {}
+        for which, label in (("spec", "speculative"), ("base", "baseline (no speculation)")):
+            rows = results[which]
+            if not rows:
+                print(f"   {label}: nothing recognised")
+                continue
+            to_final = statistics.median(r[0] for r in rows)
+            to_token = statistics.median(r[1] for r in rows)
+            wer = sum(r[2] for r in rows) / sum(r[3] for r in rows)
+            medians[which] = to_token
+            print(
+                f"   {label:27s} final {to_final:.3f} s, first token {to_token:.3f} s "
+                f"(min {min(r[1] for r in rows):.3f}, max {max(r[1] for r in rows):.3f}), "
+                f"WER {wer:.1%}, n={len(rows)}",
+                flush=True,
+            )
+        if len(medians) == 2:
+            met = "meets" if medians["spec"] <= TARGET_FIRST_TOKEN_S else "misses"
+            print(
+                f"   speculative / baseline first token: {medians['spec'] / medians['base']:.2f}x; "
+                f"{met} the {TARGET_FIRST_TOKEN_S} s target",
+                flush=True,
+            )
+
+        print(
+            f"3. sentences with a pause inside ({len(PAUSED)}, 350-600 ms): false starts and "
+            "turns committed inside the pause (the robot would answer over the person)",
+            flush=True,
+        )
+        for which, name in (("spec", "speech_spec"), ("base", "speech_base")):
+            before = rig.counter(name, "false_starts")
+            early_final = early_token = splits = 0
+            for first, second, pause in PAUSED:
+                audio = np.concatenate(
+                    [speak(first), np.zeros(int(pause * RATE), np.int16), speak(second)]
+                )
+                run = rig.play(which, audio, after_s=2.5)
+                early_final += any(t < run["end"] for t, _ in run["finals"])
+                early_token += any(t < run["end"] for t in run["tokens"])
+                splits += len(run["finals"]) > 1
+            false_starts = rig.counter(name, "false_starts") - before
+            print(
+                f"   {'speculative' if which == 'spec' else 'baseline':11s}: false starts "
+                f"{false_starts}/{len(PAUSED)} sentences (speculations discarded); committed "
+                f"inside the pause: {early_final} (answer token before the end of speech: "
+                f"{early_token}); sentences split in two: {splits}",
+                flush=True,
+            )
+        spec_diag = rig.diagnostics.get("speech_spec", {})
+        print(
+            f"   speech_spec totals: speculations {spec_diag.get('speculations')}, "
+            f"false_starts {spec_diag.get('false_starts')}, reused "
+            f"{spec_diag.get('speculations_reused')}, short_commits "
+            f"{spec_diag.get('short_commits')}, lost_chunks {spec_diag.get('lost_chunks')}",
+            flush=True,
+        )
+    finally:
+        rig.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--part", choices=("all", "wer", "latency"), default="all")
+    parser.add_argument("--reps", type=int, default=6, help="sentences per latency setting")
+    parser.add_argument(
+        "--sentences", type=int, default=len(WER_SENTENCES), help="WER sentences per voice"
+    )
+    parser.add_argument(
+        "--stt",
+        action="append",
+        help="recogniser setting model:compute_type:threads:beam (repeatable); default: "
+        + ", ".join(DEFAULT_STT),
+    )
     args = parser.parse_args()
-    samples = [speak(text) for text in SENTENCES]
-    factors = real_time_factor(samples)
-    print(
-        f"1. Whisper tiny.en real-time factor: median {statistics.median(factors):.3f} "
-        f"(min {min(factors):.3f}, max {max(factors):.3f}) over {len(factors)} sentences",
-        flush=True,
-    )
-    to_final, to_token = voice_latency(samples, args.reps)
-    if not to_final:
-        raise SystemExit("no utterance was recognised")
-    print(
-        f"2. end of speech -> final utterance: median {statistics.median(to_final):.3f} s "
-        f"(n={len(to_final)}; includes the VAD's 0.7 s silence wait)",
-        flush=True,
-    )
-    print(
-        f"3. end of speech -> first answer token: median {statistics.median(to_token):.3f} s "
-        f"(n={len(to_token)})",
-        flush=True,
-    )
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    if args.part in ("all", "wer"):
+        wer_part(args.stt or list(DEFAULT_STT), args.sentences)
+    if args.part in ("all", "latency"):
+        latency_part(args.reps)
+    print(f"load average at end: {os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":
