@@ -212,7 +212,7 @@ def latency(kb: KnowledgeBase, queries: list[str], rounds: int) -> dict:
                 kb.search(PERSONA, query, mode=mode)
                 times[mode].append(time.perf_counter() - started)
     embed, product = [], []
-    _, matrix = kb._matrix(PERSONA)
+    _, matrix, _ = kb._matrix(PERSONA)
     for query in queries:
         started = time.perf_counter()
         vector = kb.embedder.encode([query])[0]

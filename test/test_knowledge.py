@@ -455,3 +455,25 @@ def test_a_missing_model_names_the_package_and_lexical_search_still_works(tmp_pa
 def test_document_limits_default_is_bounded():
     limits = DocumentLimits()
     assert 0 < limits.max_bytes <= 100 * 1024 * 1024 and 0 < limits.max_pages <= 5000
+
+
+def test_a_fact_at_the_end_of_a_long_chunk_is_seen_by_the_dense_side(tmp_path, embedder):
+    """MiniLM reads ~190 words; a 300-word chunk is embedded as windows, so its last
+    sentence counts too."""
+    kb = KnowledgeBase(tmp_path / "k.db", embedder=embedder)  # default 300-word chunks
+    manual = " ".join((DATA / "robot_manual.txt").read_text(encoding="utf-8").split()[:260])
+    text = manual + " The spare key of the server room is kept in the blue box at reception."
+    report = kb.ingest_bytes("guide", "notes.txt", text.encode())
+    assert report.chunks == 1 and report.words > 270
+    hits = kb.search("guide", "Where is the spare key for the server room?", mode="dense")
+    assert hits and hits[0].similarity >= kb.settings.min_similarity
+    kb.close()
+
+
+def test_embedding_windows_split_evenly():
+    from smolfusion_ros.dialogue.knowledge import embedding_windows
+
+    assert [len(w.split()) for w in embedding_windows("w " * 300, 150)] == [150, 150]
+    assert [len(w.split()) for w in embedding_windows("w " * 260, 150)] == [130, 130]
+    assert [len(w.split()) for w in embedding_windows("w " * 100, 150)] == [100]
+    assert embedding_windows("", 150) == [""]

@@ -6,8 +6,10 @@ connection serialised by a lock for every thread of the process.
 
 Retrieval, for a question and a persona:
   lexical  FTS5 MATCH over the question's content words (OR), ranked by bm25 (porter stemmer)
-  dense    cosine similarity of the question's MiniLM vector with every chunk vector
-           (float32 blobs in SQLite, one normalised matrix per persona cached in memory)
+  dense    cosine similarity of the question's MiniLM vector with every chunk's vectors
+           (a chunk is embedded as windows of <= 150 words, since the model reads only ~190
+           words; its similarity is its best window's; float32 blobs in SQLite, one
+           normalised matrix per persona cached in memory)
   hybrid   reciprocal rank fusion of both lists: score = sum 1 / (rrf_k + rank), rrf_k = 60
 
 Relevance threshold. A fused RRF score says how a chunk ranks against the others, not whether
@@ -109,6 +111,9 @@ class RetrievalSettings:
     min_similarity_with_terms: float = 0.15
     chunk_words: int = 300
     overlap_words: int = 50
+    # MiniLM reads at most 256 word pieces (~190 words): a 300-word chunk is embedded as
+    # windows of at most this many words, and its similarity is the best window's.
+    embed_window_words: int = 150
     max_query_chars: int = 2000
     # False ranks without the relevance test (benchmarks measure ranking quality with it off).
     apply_threshold: bool = True
@@ -193,6 +198,16 @@ def term_coverage(terms: list[str], text: str) -> tuple[int, float]:
     return found, found / len(terms)
 
 
+def embedding_windows(text: str, window_words: int) -> list[str]:
+    """A chunk's text cut into near-equal windows of at most `window_words` words."""
+    words = text.split()
+    if not words:
+        return [""]
+    count = -(-len(words) // max(1, window_words))
+    size = -(-len(words) // count)
+    return [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
+
+
 def format_context(hits: list[KnowledgeHit], max_chars: int = 2400) -> str:
     """The knowledge block for the prompt: each chunk tagged with its document, best first,
     cut to `max_chars` (a chunk that does not fit whole is left out, not truncated)."""
@@ -231,7 +246,7 @@ class KnowledgeBase:
         self.settings = settings or RetrievalSettings()
         self.limits = limits or KnowledgeLimits()
         self._lock = threading.Lock()
-        self._matrices: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._matrices: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._data_version = -1
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -340,17 +355,25 @@ class KnowledgeBase:
 
     def _embed_with_progress(
         self, texts: list[str], progress: ProgressCallback | None
-    ) -> np.ndarray:
+    ) -> list[np.ndarray]:
+        """One (windows, dim) float32 array per text; progress counts finished texts."""
+        window = self.settings.embed_window_words
+        windows = [embedding_windows(t, window) for t in texts]
+        flat = [w for ws in windows for w in ws]
+        owner_end = np.cumsum([len(ws) for ws in windows])
         batch = max(1, getattr(self.embedder, "batch_size", 16))
         parts = []
         if progress:
             progress(0, len(texts))
-        for start in range(0, len(texts), batch):
-            parts.append(self.embedder.encode(texts[start : start + batch]))
+        for start in range(0, len(flat), batch):
+            parts.append(self.embedder.encode(flat[start : start + batch]))
             if progress:
-                progress(min(start + batch, len(texts)), len(texts))
-        matrix = np.concatenate(parts) if parts else np.zeros((0, self.embedder.dim), np.float32)
-        return np.ascontiguousarray(matrix, dtype=np.float32)
+                done = int(np.searchsorted(owner_end, start + batch, side="right"))
+                progress(min(done, len(texts)), len(texts))
+        dim = self.embedder.dim
+        matrix = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+        matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        return np.split(matrix, owner_end[:-1]) if texts else []
 
     def _store(self, persona_id, document: ExtractedDocument, digest, size, chunks, vectors):
         words = sum(c.words for c in chunks)
@@ -389,7 +412,8 @@ class KnowledgeBase:
         return record
 
     def _model_tag(self) -> str:
-        return f"{self.embedder.name}:{self.embedder.dim}"
+        # The window size is part of what a stored vector means.
+        return f"{self.embedder.name}:{self.embedder.dim}:w{self.settings.embed_window_words}"
 
     def _check_model(self) -> None:
         """Vectors of two different models cannot be compared: refuse to mix them."""
@@ -549,10 +573,10 @@ class KnowledgeBase:
         similarity: dict[int, float] = {}
         sims_of: Callable[[int], float | None] = lambda _cid: None  # noqa: E731
         if mode in ("hybrid", "dense"):
-            ids, matrix = self._matrix(persona_id)
+            ids, matrix, starts = self._matrix(persona_id)
             if len(ids):
                 vector = self.embedder.encode([query])[0]
-                sims = matrix @ vector
+                sims = np.maximum.reduceat(matrix @ vector, starts)  # best window per chunk
                 count = min(settings.candidates, len(ids))
                 top = np.argpartition(-sims, count - 1)[:count]
                 top = top[np.argsort(-sims[top], kind="stable")]
@@ -627,8 +651,9 @@ class KnowledgeBase:
                 raise KnowledgeError(f"cannot search for {terms}: {exc}") from None
         return [(int(cid), float(rank)) for cid, rank in rows]
 
-    def _matrix(self, persona_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """(chunk ids, normalised vectors) of a persona, cached until its documents change.
+    def _matrix(self, persona_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(chunk ids, window vectors, first row of each chunk) of a persona, cached until
+        its documents change. A chunk's windows are consecutive rows.
 
         PRAGMA data_version changes when another connection (another process) commits, so a
         document ingested by the gateway is seen by fusion_node's next search.
@@ -644,12 +669,14 @@ class KnowledgeBase:
             rows = self.db.execute(
                 "SELECT id, embedding FROM chunks WHERE persona = ? ORDER BY id", [persona_id]
             ).fetchall()
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
             dim = self.embedder.dim
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            counts = np.fromiter((len(r[1]) // (4 * dim) for r in rows), np.int64, len(rows))
+            starts = np.concatenate(([0], np.cumsum(counts)[:-1])) if len(rows) else counts
             if rows:
                 matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
-                matrix = matrix.reshape(len(rows), dim)
+                matrix = matrix.reshape(-1, dim)
             else:
                 matrix = np.zeros((0, dim), dtype=np.float32)
-            self._matrices[persona_id] = (ids, matrix)
-            return ids, matrix
+            self._matrices[persona_id] = (ids, matrix, starts)
+            return ids, matrix, starts
