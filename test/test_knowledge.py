@@ -477,3 +477,20 @@ def test_embedding_windows_split_evenly():
     assert [len(w.split()) for w in embedding_windows("w " * 260, 150)] == [130, 130]
     assert [len(w.split()) for w in embedding_windows("w " * 100, 150)] == [100]
     assert embedding_windows("", 150) == [""]
+
+
+def test_vectors_of_another_model_are_never_mixed(tmp_path, embedder):
+    from smolfusion_ros.dialogue.knowledge import KnowledgeStoreError
+
+    path = tmp_path / "k.db"
+    first = KnowledgeBase(path, embedder=embedder, settings=SETTINGS)
+    first.ingest_file("guide", DATA / "museum_guide.md")
+    first.close()
+    other = KnowledgeBase(
+        path, embedder=embedder, settings=RetrievalSettings(embed_window_words=80)
+    )
+    with pytest.raises(KnowledgeStoreError, match="holds vectors of"):
+        other.ingest_file("guide", DATA / "robot_manual.txt")
+    other.clear("guide")  # once nothing is stored, the new setting takes over
+    assert other.ingest_file("guide", DATA / "robot_manual.txt").chunks >= 1
+    other.close()

@@ -419,6 +419,12 @@ class KnowledgeBase:
         """Vectors of two different models cannot be compared: refuse to mix them."""
         with self._lock:
             rows = list(self.db.query("SELECT value FROM meta WHERE key = 'embedding_model'"))
+            if rows and rows[0]["value"] != self._model_tag():
+                empty = not self.db.execute("SELECT 1 FROM chunks LIMIT 1").fetchall()
+                if empty:  # nothing stored any more: the new model may take over
+                    with self._write_transaction():
+                        self.db.execute("DELETE FROM meta WHERE key = 'embedding_model'")
+                    return
         if rows and rows[0]["value"] != self._model_tag():
             raise KnowledgeStoreError(
                 f"{self.path} holds vectors of {rows[0]['value']}, not {self._model_tag()}: "
