@@ -57,6 +57,7 @@ def test_created_personas_are_the_same_persona_objects(store, base):
     assert book.get("tutor") == record.persona and book.default_id == base.default_id
     assert store.get("").persona_id == base.default_id
     assert store.get("smol").source == "config" and store.get("nobody") is None
+    assert store.language_of("tutor") == "en" and store.language_of("nobody") == "en"
 
 
 def test_yaml_personas_cannot_be_shadowed_changed_or_deleted(store):

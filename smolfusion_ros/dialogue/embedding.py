@@ -117,6 +117,12 @@ class MiniLMEmbedder:
                 ) from None
             if self.threads > 0:
                 torch.set_num_threads(self.threads)
+            try:  # a progress bar per load is noise in a node's log
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+            except ImportError:
+                pass
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
             model = AutoModel.from_pretrained(str(model_dir))
             model.eval()

@@ -230,6 +230,12 @@ class PersonaStore:
             rows = list(self.db.query("SELECT * FROM personas WHERE id = ?", [persona_id]))
         return self._record(rows[0]) if rows else None
 
+    def language_of(self, persona_id: str) -> str:
+        """The persona's language code (the default language for an unknown persona); the
+        chat engine passes it to RuleBook.match."""
+        record = self.get(persona_id)
+        return record.language if record else self.default_language
+
     def list(self) -> list[PersonaRecord]:
         """YAML personas, then operator personas, each group sorted by id."""
         records = [self._base_record(self.base.personas[i]) for i in self.base.ids()]
