@@ -1,0 +1,179 @@
+"""First-token time over a conversation, with the real SmolLM2 model through llama.cpp.
+
+Measured as prompt tokens the back end evaluated before the first answer token (what the KV
+cache did not already hold): deterministic, unlike times on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from images import photo
+from test_chat_engine import MODEL, PERSONAS, RecordingBackend, _wait_ready
+
+from smolfusion_ros.backends.vlm.perception import PerceptionBackend
+from smolfusion_ros.core.chat_engine import ChatEngine, EngineSettings
+from smolfusion_ros.core.requests import ChatRequest
+from smolfusion_ros.core.scene import LatestFrame, VisionWorker
+from smolfusion_ros.core.sessions import InMemorySessionStore
+
+pytestmark = pytest.mark.model
+QUESTIONS = (
+    "What is a good name for a cat?",
+    "How far away is the moon?",
+    "Tell me one fact about whales.",
+    "What should I cook tonight?",
+    "How do plants grow?",
+    "Which colour do you like?",
+)
+
+
+def _engine(cache_mb: int = 0, vision: VisionWorker | None = None, **settings) -> ChatEngine:
+    backend = RecordingBackend(MODEL, n_ctx=2048, n_threads=2, session_cache_bytes=cache_mb << 20)
+    engine = ChatEngine(
+        backend,
+        PERSONAS,
+        InMemorySessionStore(window_turns=12),
+        EngineSettings(temperature=0.0, seed=3, **({"summary_batch": 0} | settings)),
+        vision=vision,
+    )
+    engine.start()
+    _wait_ready(engine)
+    return engine
+
+
+def _ask(engine: ChatEngine, text: str, session: str, max_tokens: int = 24):
+    result = engine.submit(ChatRequest(text=text, session_id=session, max_tokens=max_tokens)).wait(
+        120
+    )
+    assert result is not None and result.success, result
+    return result, engine.stats.last_prompt_tokens
+
+
+def _prompt_tokens(engine: ChatEngine) -> tuple[int, int]:
+    """(tokens of the whole last prompt, tokens of its last message) by the model's tokenizer."""
+    messages = engine.backend.prompts[-1]
+    count = engine.backend.count_tokens
+    return sum(count(m["content"]) for m in messages), count(messages[-1]["content"])
+
+
+def test_scene_changes_between_turns_do_not_re_evaluate_the_history():
+    """The scene loop describes a changing camera between turns; each answer evaluates only
+    its own new message (with the new scene), not the growing history."""
+    worker = VisionWorker(PerceptionBackend(ocr=False), LatestFrame(), interval_s=0.05)
+    worker.start()
+    engine = _engine(vision=worker)
+    views = [photo("astronaut.png"), photo("coffee.png")]
+    try:
+        evaluated, sizes = [], []
+        for turn, question in enumerate(QUESTIONS):
+            before = worker.stats.scenes
+            worker.frames.put(views[turn % len(views)], time.time())
+            deadline = time.monotonic() + 20
+            while worker.stats.scenes == before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            _result, tokens = _ask(engine, question, "camera")
+            evaluated.append(tokens)
+            sizes.append(_prompt_tokens(engine))
+        scenes = [m["content"] for m in engine.backend.prompts[-1] if m["role"] == "user"]
+        assert len({s.split("]")[0] for s in scenes}) > 1, "the scene text changed between turns"
+        total, last_message = sizes[-1]
+        assert total > 250, sizes
+        for tokens, (_total, message) in zip(evaluated[1:], sizes[1:], strict=True):
+            # The new message plus a few template tokens and the end of the previous answer.
+            assert tokens <= message + 24, (evaluated, sizes)
+        assert evaluated[-1] < total / 4, (evaluated, sizes)
+    finally:
+        engine.stop()
+        worker.stop()
+
+
+def test_switching_back_to_a_session_restores_its_state():
+    """Two sessions interleave on one model: with the session cache, coming back to the
+    first evaluates only the new message; without it, its whole history again."""
+    measured = {}
+    for cache_mb in (64, 0):
+        engine = _engine(cache_mb)
+        try:
+            for question in QUESTIONS[:4]:
+                _ask(engine, question, "alice")
+            _ask(engine, "Hello, I am Bob.", "bob")
+            result, tokens = _ask(engine, "What did we talk about?", "alice")
+            total, message = _prompt_tokens(engine)
+            measured[cache_mb] = (tokens, total, message, result.ttft_s)
+            if cache_mb:
+                assert engine.backend.session_restores >= 1
+        finally:
+            engine.stop()
+    cached, uncached = measured[64], measured[0]
+    assert cached[0] <= cached[2] + 24, measured
+    assert uncached[0] > uncached[1] / 2, measured
+    assert cached[0] * 3 < uncached[0], measured
+
+
+def test_prefill_evaluates_the_prompt_without_answering_or_storing():
+    engine = _engine()
+    emitted = []
+    engine.add_token_observer(lambda *args: emitted.append(args))
+    try:
+        for question in QUESTIONS[:3]:
+            _ask(engine, question, "talk")
+        history = engine.sessions.history("talk")
+        seen = len(emitted)
+        request = ChatRequest(text="And what about dogs?", session_id="talk", max_tokens=24)
+        assert engine.prefill(request)
+        deadline = time.monotonic() + 30
+        while engine.stats.prefills == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.stats.prefills == 1
+        assert engine.backend.prompt_tokens_evaluated > 10, "the new message was evaluated"
+        assert engine.sessions.history("talk") == history, "a prefill stores nothing"
+        assert len(emitted) == seen, "a prefill emits nothing"
+        _result, tokens = _ask(engine, request.text, "talk")
+        assert tokens <= 1, f"the prefilled prompt was evaluated again ({tokens} tokens)"
+    finally:
+        engine.stop()
+
+
+def test_a_newer_prefill_replaces_an_older_pending_one():
+    engine = _engine()
+    try:
+        started = threading.Event()
+        running = engine.submit(
+            ChatRequest(text="Write a long story about a ship.", session_id="p", max_tokens=120),
+            listener=lambda *_: started.set(),
+        )
+        assert started.wait(60)  # the engine is busy: both prefills wait
+        assert engine.prefill(ChatRequest(text="I like", session_id="p", max_tokens=8))
+        assert engine.prefill(ChatRequest(text="I like trains.", session_id="p", max_tokens=8))
+        assert running.wait(120).success
+        deadline = time.monotonic() + 30
+        while engine.stats.prefills == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.stats.prefills == 1 and engine.stats.prefills_preempted == 0
+        assert engine.backend.prompts[-1][-1]["content"] == "I like trains."
+    finally:
+        engine.stop()
+
+
+def test_a_request_preempts_a_running_prefill():
+    engine = _engine()
+    try:
+        _ask(engine, QUESTIONS[0], "p")
+        long_text = "Please listen carefully. " + "I like trains and boats and planes. " * 80
+        assert engine.prefill(ChatRequest(text=long_text, session_id="p", max_tokens=8))
+        backend, deadline = engine.backend, time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+            backend.prompts[-1][-1]["content"] == long_text
+            and backend.prompt_tokens_evaluated >= 32
+        ):
+            time.sleep(0.002)
+        result = engine.submit(
+            ChatRequest(text="Quick: say hi.", session_id="other", max_tokens=8)
+        ).wait(60)
+        assert result.success
+        assert engine.stats.prefills_preempted == 1 and engine.stats.prefills == 0
+    finally:
+        engine.stop()
