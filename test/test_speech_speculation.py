@@ -181,6 +181,9 @@ def test_bad_speculation_config_is_rejected(config, needle):
         ("Well, I was thinking...", False),
         ("so the thing is,", False),
         ("bring me the cup", False),  # no punctuation, not a question
+        ("Could you bring me?", False),  # "...the red cup" follows
+        ("Please remind me.", False),
+        ("Can you help me?", True),
         ("", False),
         ("   ", False),
     ],

@@ -243,12 +243,21 @@ _QUESTION_WORDS = frozenset(
 )
 
 
+# "Bring me", "remind us": verbs that want a second object; a pause after them is mid-sentence
+# even when Whisper writes "Could you bring me?".
+_TWO_OBJECT_VERBS = frozenset(
+    "bring give show tell remind send hand pass buy get teach lend offer".split(" ")  # noqa: SIM905
+)
+_OBJECT_PRONOUNS = frozenset(("me", "us", "him", "them"))
+
+
 def looks_complete(text: str) -> bool:
     """Does a transcript look like a finished turn (not a pause inside a sentence)?
 
     True when it ends with sentence-final punctuation (. ? !, not an ellipsis) or starts
     with a question word and has at least three words, and its last word is not one a
-    sentence rarely ends on (an article, a preposition, a conjunction, an auxiliary).
+    sentence rarely ends on (an article, a preposition, a conjunction, an auxiliary, or
+    "bring me"-like verb + pronoun that wants a second object).
     """
     stripped = text.strip().strip("\"')]")
     words = [w.strip("'") for w in re.sub(r"[^a-z0-9' ]+", " ", stripped.lower()).split()]
@@ -256,6 +265,8 @@ def looks_complete(text: str) -> bool:
     if not words or stripped.endswith(("...", "\u2026", ",", ";", ":", "-")):
         return False
     if words[-1] in _OPEN_ENDINGS:
+        return False
+    if len(words) >= 2 and words[-1] in _OBJECT_PRONOUNS and words[-2] in _TWO_OBJECT_VERBS:
         return False
     if stripped[-1] in ".?!":
         return True
