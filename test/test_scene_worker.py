@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -148,9 +149,9 @@ def test_a_visual_turn_answers_with_the_vision_result(engine_with_vision):
         ChatRequest(text="What do you see?", session_id="v", max_tokens=16)
     ).wait(30)
     assert result.success and result.scene_used
-    system = engine.backend.prompts[-1][0]["content"]
-    assert "What you currently see: Perception summary" in system
-    assert "1 person" in system
+    question = engine.backend.prompts[-1][-1]["content"]
+    assert question.startswith("[What you see right now: Perception summary")
+    assert "1 person" in question and question.endswith("What do you see?")
 
 
 def test_a_non_visual_answer_does_not_wait_for_the_vision_model(engine_with_vision):
@@ -180,4 +181,44 @@ def test_a_visual_turn_without_a_camera_image_says_so(engine_with_vision):
         ChatRequest(text="What am I holding?", session_id="dark", max_tokens=8)
     ).wait(30)
     assert result.success and not result.scene_used
-    assert "no camera frame has been received yet" in engine.backend.prompts[-1][0]["content"]
+    assert "no camera frame has been received yet" in engine.backend.prompts[-1][-1]["content"]
+
+
+def test_a_visual_turn_does_not_block_a_later_non_visual_turn(engine_with_vision):
+    """The vision model is slow (gated); a visual turn waits for it off the LLM's thread
+    while a non-visual turn submitted after it is answered."""
+    engine, worker, backend = engine_with_vision
+    worker.frames.put(ASTRONAUT, time.time())
+    backend.gate.clear()
+    backend.entered.clear()
+    visual = engine.submit(ChatRequest(text="What do you see?", session_id="vis", max_tokens=8))
+    assert backend.entered.wait(10), "the vision model is looking"
+    other = engine.submit(
+        ChatRequest(text="What is the capital of Italy?", session_id="other", max_tokens=8)
+    )
+    result = other.wait(30)
+    assert result.success and not visual.done, "the non-visual turn did not wait for vision"
+    backend.gate.set()
+    answer = visual.wait(30)
+    assert answer.success and answer.scene_used
+    assert "1 person" in engine.backend.prompts[-1][-1]["content"]
+
+
+def test_a_visual_question_past_the_timeout_is_withdrawn(engine_with_vision):
+    engine, worker, backend = engine_with_vision
+    worker.frames.put(ASTRONAUT, time.time())
+    backend.gate.clear()
+    backend.entered.clear()
+    blocker = threading.Thread(target=lambda: worker.ask("Who is there?", timeout=30))
+    blocker.start()  # occupies the vision model, so the turn's question is still queued
+    assert backend.entered.wait(10)
+    engine.settings = dataclasses.replace(engine.settings, vision_timeout_s=0.5)
+    result = engine.submit(
+        ChatRequest(text="What am I holding?", session_id="late", max_tokens=8)
+    ).wait(30)
+    assert result.success and not result.scene_used
+    assert "no visual answer within 0.5 s" in engine.backend.prompts[-1][-1]["content"]
+    backend.gate.set()
+    blocker.join(20)
+    assert _wait(lambda: worker.stats.withdrawn == 1), "the withdrawn question never ran"
+    assert worker.stats.questions == 1, "only the blocker's question was computed"
