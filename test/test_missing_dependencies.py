@@ -88,3 +88,18 @@ def test_a_missing_package_is_one_line_naming_it(node, module, says, shim_dir, t
     assert len(complaints) == 1, text
     # Nothing else but ROS's own INFO lines (fusion_node says which model it loads first).
     assert all(line == complaints[0] or "[INFO]" in line for line in lines), text
+
+
+def test_the_message_names_the_step_for_ros_and_for_an_unbuilt_workspace():
+    from smolfusion_ros.entry import missing_module_message
+
+    def line(name: str) -> str:
+        return missing_module_message("memory_node", ModuleNotFoundError(f"No {name}", name=name))
+
+    assert "colcon build --packages-select smolfusion_ros" in line("smolfusion_ros.srv")
+    assert "source /opt/ros/" in line("diagnostic_msgs.msg")
+    assert "pip install sqlite-utils" in line("sqlite_utils")
+    assert "'some_new_dep'" in line("some_new_dep")
+    # A package that is there but broken: its own message, still on one line.
+    broken = missing_module_message("fusion_node", ImportError("numpy.core failed\nto import"))
+    assert broken.endswith("import failed: numpy.core failed to import") and "\n" not in broken
