@@ -506,13 +506,9 @@ class FusionNode(Node):
             source=msg.source or "text",
         )
         if speculative:
-            prefill = getattr(self.engine, "prefill", None)  # engines without it: no head start
-            if prefill is None:
-                return
-            try:
-                prefill(request)
-            except RequestRejected as exc:  # a busy or unready engine: the final still answers
-                self.get_logger().debug(f"speculative utterance not prefilled: {exc}")
+            # Returns False (does nothing) when invalid, not ready, or the back end cannot;
+            # the final utterance is answered either way.
+            self.engine.prefill(request)
             return
         try:
             self.engine.submit(request)
