@@ -93,6 +93,21 @@ def check_image_fields(encoding: str, height: int, width: int, step: int, data_l
         )
 
 
+def check_pixel_count(height: int, width: int, max_pixels: int, name: str = "max_pixels") -> None:
+    """Refuse an image of more than max_pixels pixels (0 = no limit) from its header alone.
+
+    Refusing (not downscaling) is deliberate: an image this large is a mistake or a sensor
+    this node is not sized for, and the caller should know; it is checked before any pixel is
+    touched.
+    """
+    if max_pixels > 0 and height * width > max_pixels:
+        raise ImageConversionError(
+            "too_large",
+            f"image is {width}x{height} = {height * width / 1e6:.1f} MP, more than "
+            f"{name}={max_pixels} ({max_pixels / 1e6:.1f} MP); send a smaller image",
+        )
+
+
 def target_size(height: int, width: int, max_side: int) -> tuple[int, int]:
     """(height, width) with the longest side at most max_side, aspect kept; 0 = no limit."""
     longest = max(height, width)

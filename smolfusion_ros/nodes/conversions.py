@@ -9,7 +9,12 @@ from builtin_interfaces.msg import Time
 
 from smolfusion_ros.core.jobs import ChatResult
 from smolfusion_ros.core.requests import ChatRequest
-from smolfusion_ros.io.image_convert import cv_bridge_to_rgb, image_to_rgb, is_supported
+from smolfusion_ros.io.image_convert import (
+    check_pixel_count,
+    cv_bridge_to_rgb,
+    image_to_rgb,
+    is_supported,
+)
 
 
 def stamp_from_wall(seconds: float | None = None) -> Time:
@@ -51,12 +56,16 @@ def fill_chat_response(target, result: ChatResult):
     return target
 
 
-def image_msg_to_rgb(msg, max_side: int = 0, bridge=None) -> np.ndarray:
+def image_msg_to_rgb(
+    msg, max_side: int = 0, bridge=None, max_pixels: int = 0, limit_name: str = "max_pixels"
+) -> np.ndarray:
     """sensor_msgs/Image -> HxWx3 uint8 RGB (longest side <= max_side when it is > 0).
 
     The package's converter handles every encoding it knows; a real ROS 2 cv_bridge, when
-    given, takes the rest. Raises ImageConversionError for a malformed or unknown image.
+    given, takes the rest. Raises ImageConversionError for a malformed or unknown image, and
+    for one of more than max_pixels pixels (0 = no limit; named limit_name in the error).
     """
+    check_pixel_count(int(msg.height), int(msg.width), max_pixels, limit_name)
     if is_supported(msg.encoding) or bridge is None:
         return image_to_rgb(
             msg.encoding,

@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 from rclpy.callback_groups import CallbackGroup, MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
 from smolfusion_ros import catalogue
@@ -28,6 +29,7 @@ from smolfusion_ros.core.scene import (
     VisionUnavailable,
     VisionWorker,
 )
+from smolfusion_ros.io import heap
 from smolfusion_ros.io.image_convert import ImageConversionError, rgb_to_image_fields
 from smolfusion_ros.io.overlay import draw_caption
 from smolfusion_ros.msg import ResponseChunk, SceneContext, Turn
@@ -38,6 +40,11 @@ from smolfusion_ros.srv import Analyze
 # Visual questions (analyze calls) that may wait behind the running one; more get "busy". Each
 # waiting analyze call holds an executor thread, so the node counts them (max_waiting_calls).
 ANALYZE_MAX_PENDING = 4
+# analyze's request queue: deeper than rclpy's 10, so a burst several times the vision queue
+# is answered ("busy" for the overflow) rather than dropped, but not as deep as chat's: each
+# request may carry an image of up to vision.max_pixels, and Fast DDS keeps received payloads
+# for reuse per queue slot.
+ANALYZE_QOS = QoSProfile(depth=16, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def vision_parameter_specs() -> list[ParamSpec]:
@@ -72,6 +79,13 @@ def vision_parameter_specs() -> list[ParamSpec]:
         ),
         ParamSpec(
             "vision.max_side", 512, "frames are downscaled to this longest side", between(32, 4096)
+        ),
+        ParamSpec(
+            "vision.max_pixels",
+            16_000_000,
+            "largest image (width x height) accepted by analyze and from the camera; larger "
+            "ones are refused before conversion (16 MP: 4K UHD is 8.3 MP)",
+            between(4096, 1_000_000_000),
         ),
         ParamSpec("vision.frame_topic", "camera_node/frame", "camera frames (relative name)"),
         ParamSpec(
@@ -150,7 +164,13 @@ class VisionBridge:
             qos_profile_sensor_data,
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
-        node.create_service(Analyze, "analyze", self._on_analyze, callback_group=waiting_group)
+        node.create_service(
+            Analyze,
+            "analyze",
+            self._on_analyze,
+            qos_profile=ANALYZE_QOS,
+            callback_group=waiting_group,
+        )
 
     @staticmethod
     def _create_backend(p: dict):
@@ -178,15 +198,33 @@ class VisionBridge:
             raise ConfigError(f"vision back end {name}: {exc}") from None
 
     # ------------------------------------------------------------------- input
+    def _convert(self, image: Image) -> np.ndarray:
+        return image_msg_to_rgb(
+            image,
+            self._p["vision.max_side"],
+            max_pixels=self._p["vision.max_pixels"],
+            limit_name="vision.max_pixels",
+        )
+
+    @staticmethod
+    def _release(image: Image) -> None:
+        """Drop a large image's bytes now and give the freed memory back (io.heap)."""
+        nbytes = len(image.data)
+        if nbytes >= heap.LARGE_MESSAGE_BYTES:
+            image.data = b""
+            heap.after_message(nbytes)
+
     def _on_frame(self, msg: Image) -> None:
         try:
-            rgb = image_msg_to_rgb(msg, self._p["vision.max_side"])
+            rgb = self._convert(msg)
         except ImageConversionError as exc:
             self.frames_bad += 1
             self._node.get_logger().warning(
                 f"camera frame dropped: {exc}", throttle_duration_sec=5.0
             )
             return
+        finally:
+            self._release(msg)
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 or time.time()
         self.frames.put(rgb, stamp)
 
@@ -194,7 +232,10 @@ class VisionBridge:
         image = None
         try:
             if request.image.height or request.image.width or len(request.image.data):
-                image = image_msg_to_rgb(request.image, self._p["vision.max_side"])
+                try:
+                    image = self._convert(request.image)
+                finally:
+                    self._release(request.image)
             result, _stamp = self.worker.ask(
                 request.prompt.strip(), image, timeout=self._p["vision.timeout_s"]
             )
