@@ -71,6 +71,17 @@ VOICES = ("en-us", "en-gb", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-us
 SPEEDS = (140, 185)
 NOISE_SNR_DB = 10.0
 DEFAULT_STT = ("whisper-tiny-en:int8:1:5", "whisper-base:int8:1:5")
+# --compare: beam size, threads, int8 vs float32, for both models.
+COMPARE_STT = (
+    "whisper-tiny-en:int8:1:5",
+    "whisper-tiny-en:int8:1:1",
+    "whisper-tiny-en:int8:2:5",
+    "whisper-tiny-en:float32:1:5",
+    "whisper-base:int8:1:5",
+    "whisper-base:int8:1:1",
+    "whisper-base:int8:2:5",
+    "whisper-base:float32:1:5",
+)
 
 LATENCY_SENTENCES = (
     "What is the weather like today?",
@@ -466,10 +477,12 @@ def main() -> None:
         help="recogniser setting model:compute_type:threads:beam (repeatable); default: "
         + ", ".join(DEFAULT_STT),
     )
+    parser.add_argument("--compare", action="store_true", help="all of: " + ", ".join(COMPARE_STT))
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     if args.part in ("all", "wer"):
-        wer_part(args.stt or list(DEFAULT_STT), args.sentences)
+        specs = args.stt or list(COMPARE_STT if args.compare else DEFAULT_STT)
+        wer_part(specs, args.sentences)
     if args.part in ("all", "latency"):
         latency_part(args.reps)
     print(f"load average at end: {os.getloadavg()[0]:.2f}", flush=True)
