@@ -43,6 +43,8 @@ def utterance(text: str, session: str, *, final: bool, speculative: bool) -> Utt
 
 
 def stored_user_turns(database, session: str) -> list[str]:
+    if not database.exists():
+        return []
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
         rows = db.execute(
             "SELECT text FROM turns WHERE session_id = ? AND role = 'user'", (session,)
@@ -83,12 +85,14 @@ def test_fusion_node_prefills_but_never_answers_a_speculative_utterance(
     assert process.alive(), process.log
 
     pub.publish(utterance(question, "spec", final=True, speculative=False))
-    assert wait_for(lambda: any(t.session_id == "spec" for t in turns), 30), process.log
+    assert wait_for(lambda: any(t.session_id == "spec" for t in turns), 60), process.log
     time.sleep(1.0)
     answered = [t for t in turns if t.session_id == "spec"]
     assert len(answered) == 1 and answered[0].text.strip(), answered
     assert len({c.request_id for c in chunks}) == 1
-    assert wait_for(lambda: stored_user_turns(database, "spec") == [question], 5)
+    assert wait_for(lambda: stored_user_turns(database, "spec") == [question], 10), (
+        stored_user_turns(database, "spec")
+    )
     assert process.alive()
 
 
