@@ -545,10 +545,11 @@ class SpeechNode(Node):
     def _on_result(self, job: _Job, result: Transcript) -> None:
         text = result.text.strip()
         with self._lock:
-            self._audio_s += result.audio_s
-            self._compute_s += result.compute_s
-            if result.audio_s > 0:
-                self._last_rtf = result.compute_s / result.audio_s
+            if not job.reused:  # a reused transcript was counted as its speculation
+                self._audio_s += result.audio_s
+                self._compute_s += result.compute_s
+                if result.audio_s > 0:
+                    self._last_rtf = result.compute_s / result.audio_s
             if job.speculative:
                 # Published only while no speech followed and the turn has not ended yet.
                 stale = job.generation != self._generation
