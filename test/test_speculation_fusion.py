@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 from conftest import make_client, unique_namespace, wait_for
+from diagnostic_msgs.msg import DiagnosticArray
 from speech_samples import read_wav, synthesize_wav, write_wav
 
 from smolfusion_ros.io.audio import trim_silence
@@ -123,10 +124,18 @@ def test_a_question_with_a_pause_is_answered_once_after_the_person_finishes(
     )
 
     def on_audio(msg) -> None:
-        if msg.seq == 0:  # the wall time of the WAV's first sample
-            audio_starts.append(msg.stamp.sec + msg.stamp.nanosec * 1e-9)
+        if not audio_starts:  # the wall time of the WAV's first sample (100 ms chunks)
+            audio_starts.append(msg.stamp.sec + msg.stamp.nanosec * 1e-9 - msg.seq * 0.1)
 
     ros_node.create_subscription(AudioChunk, f"{namespace}/audio", on_audio, AUDIO_QOS)
+    speech_diag: dict[str, str] = {}
+
+    def on_diagnostics(msg) -> None:
+        for status in msg.status:
+            if status.name.startswith(f"{namespace}/speech_node"):
+                speech_diag.update({kv.key: kv.value for kv in status.values})
+
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     start_node(FUSION, namespace, params=FUSION_PARAMS)
     speech = start_node("smolfusion_ros.nodes.speech_node", namespace, params={"session_id": "v"})
     client = make_client(ros_node, namespace)
@@ -150,6 +159,9 @@ def test_a_question_with_a_pause_is_answered_once_after_the_person_finishes(
     first_token_at = min(t for t, _ in chunks)
     assert finals[0][0] > end_of_speech and first_token_at > end_of_speech
     assert len({m.request_id for _, m in chunks}) == 1, "answered more than once"
+    # The pause after "Could you bring me" was speculated on, then discarded.
+    assert wait_for(lambda: int(speech_diag.get("utterances", 0)) == 1, 5), speech_diag
+    assert int(speech_diag["false_starts"]) >= 1, speech_diag
     print(
         f"final {finals[0][1].text!r} {finals[0][0] - end_of_speech:.2f} s and first token "
         f"{first_token_at - end_of_speech:.2f} s after the end of speech; speculative "
