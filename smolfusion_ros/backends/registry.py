@@ -66,14 +66,63 @@ register_stt_backend, stt_backend_names, create_stt_backend = (
 )
 
 
+# LLM factories receive the node's options: model_path (a resolved file or directory; None for
+# a remote back end), n_ctx, n_threads, n_batch, n_gpu_layers, session_cache_bytes,
+# background_chunk, and for a remote server base_url, model_name, api_key_env, timeout_s,
+# connect_timeout_s, retries, cache_prompt. Each passes on what applies to it.
+_REMOTE_LLM_OPTIONS = (
+    "base_url",
+    "model_name",
+    "api_key_env",
+    "timeout_s",
+    "connect_timeout_s",
+    "retries",
+    "cache_prompt",
+)
+# Back ends that run the model elsewhere: the node resolves no model file for them.
+REMOTE_LLM_BACKENDS = frozenset({"openai"})
+
+
 def _llama_cpp(**options: Any) -> LLMBackend:
     # Imported lazily so that listing back ends never loads llama.cpp.
     from smolfusion_ros.backends.llm.llama_cpp_backend import LlamaCppChatBackend
 
+    for key in _REMOTE_LLM_OPTIONS:
+        options.pop(key, None)
     return LlamaCppChatBackend(**options)
 
 
+def _openai_llm(**options: Any) -> LLMBackend:
+    # httpx2 is imported only when the back end loads.
+    from smolfusion_ros.backends.llm.openai_backend import OpenAIChatBackend
+
+    if not options.get("base_url"):
+        raise ValueError("set llm.base_url to the OpenAI-compatible server (http://host:port/v1)")
+    given = {key: options[key] for key in _REMOTE_LLM_OPTIONS[2:] if key in options}
+    return OpenAIChatBackend(
+        base_url=options["base_url"],
+        model=options.get("model_name") or "",
+        n_ctx=options.get("n_ctx") or 2048,
+        **given,
+    )
+
+
+def _transformers_llm(**options: Any) -> LLMBackend:
+    # torch and transformers are imported only when the model loads.
+    from smolfusion_ros.backends.llm.transformers_backend import TransformersChatBackend
+
+    if not options.get("model_path"):
+        raise ValueError("set llm.model (a catalogue id) or llm.model_path")
+    return TransformersChatBackend(
+        model_path=options["model_path"],
+        n_ctx=options.get("n_ctx") or 2048,
+        n_threads=options.get("n_threads") or 0,
+    )
+
+
 register_llm_backend("llama_cpp", _llama_cpp)
+register_llm_backend("openai", _openai_llm)
+register_llm_backend("transformers", _transformers_llm)
 
 
 # Vision factories receive the node's generic options (model_path, mmproj_path, n_threads,

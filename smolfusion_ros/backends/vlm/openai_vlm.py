@@ -2,23 +2,20 @@
 
 How a fleet of robots shares one GPU server: the image goes as a base64 data URI in an
 `image_url` content part of `POST {base_url}/chat/completions`; the answer streams back as
-server-sent events, and `cancel` closes the connection between events (the server then stops
-generating). Standard library only (urllib): no extra runtime dependency.
+server-sent events, and `cancel` closes the connection at once (the server then stops
+generating). HTTP, errors and the event stream are shared with the LLM back end
+(backends/openai_http.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from smolfusion_ros.backends.openai_http import OpenAIEndpoint, delta_text
 from smolfusion_ros.backends.vlm.base import VisionBackendError, VisionResult
 from smolfusion_ros.backends.vlm.common import (
     DEFAULT_PROMPT,
@@ -42,6 +39,7 @@ class OpenAIVisionBackend:
         *,
         api_key_env: str = "OPENAI_API_KEY",
         timeout_s: float = 30.0,
+        connect_timeout_s: float = 3.0,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int = -1,
@@ -51,10 +49,15 @@ class OpenAIVisionBackend:
         system_prompt: str = "",
         default_prompt: str = DEFAULT_PROMPT,
     ) -> None:
-        self._base_url = base_url.rstrip("/")
+        self._http = OpenAIEndpoint(
+            base_url,
+            what="VLM server",
+            error_type=VisionBackendError,
+            api_key_env=api_key_env,
+            connect_timeout_s=min(float(connect_timeout_s), float(timeout_s)),
+            read_timeout_s=timeout_s,
+        )
         self._model = model
-        self._api_key_env = api_key_env
-        self._timeout_s = float(timeout_s)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.seed = int(seed)
@@ -67,94 +70,21 @@ class OpenAIVisionBackend:
 
     @property
     def model_name(self) -> str:
-        return self._model or self._base_url
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self._api_key_env, "") if self._api_key_env else ""
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _open(self, url: str, body: dict[str, Any] | None) -> Any:
-        data = json.dumps(body).encode("utf-8") if body is not None else None
-        request = urllib.request.Request(
-            url, data=data, headers=self._headers(), method="POST" if data else "GET"
-        )
-        try:
-            return urllib.request.urlopen(request, timeout=self._timeout_s)
-        except urllib.error.HTTPError as exc:
-            try:
-                detail = exc.read(400).decode("utf-8", "replace").strip()
-            except OSError:
-                detail = ""
-            raise VisionBackendError(
-                f"VLM server {url} answered HTTP {exc.code} {exc.reason}"
-                + (f": {detail}" if detail else "")
-            ) from exc
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, ConnectionRefusedError):
-                why = "connection refused (is the server running, and is base_url right?)"
-            elif isinstance(reason, TimeoutError):
-                why = f"no answer within {self._timeout_s:g} s"
-            else:
-                why = str(reason)
-            raise VisionBackendError(f"cannot reach the VLM server at {url}: {why}") from exc
-        except TimeoutError as exc:
-            raise VisionBackendError(
-                f"VLM server {url} sent no answer within {self._timeout_s:g} s"
-            ) from exc
-        except OSError as exc:
-            raise VisionBackendError(f"cannot reach the VLM server at {url}: {exc}") from exc
+        return self._model or self._http.base_url
 
     def load(self) -> None:
-        if not self._base_url.startswith(("http://", "https://")):
-            raise VisionBackendError(
-                f"base_url must start with http:// or https://, got {self._base_url!r}"
-            )
+        self._http.check_url()
+        try:
+            self._http.client()
+        except ImportError as exc:
+            raise VisionBackendError(str(exc)) from exc
         if not self._check_on_load:
             return
-        url = f"{self._base_url}/models"
-        with self._open(url, None) as response:
-            raw = response.read()
-        try:
-            listed = json.loads(raw)
-        except ValueError as exc:
-            raise VisionBackendError(
-                f"VLM server {url} sent malformed JSON: {raw[:200]!r}"
-            ) from exc
+        listed = self._http.request_json("GET", "/models")
         if not self._model and isinstance(listed, dict) and listed.get("data"):
             first = listed["data"][0]
             if isinstance(first, dict) and first.get("id"):
                 self._model = str(first["id"])
-
-    def _events(self, response: Any, url: str) -> Iterator[dict[str, Any]]:
-        """The JSON payloads of a server-sent-event stream, until `data: [DONE]`."""
-        for raw_line in response:
-            line = raw_line.decode("utf-8", "replace").strip()
-            if not line.startswith("data:"):
-                continue  # blank separators, comments (": ping"), event names
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                return
-            try:
-                event = json.loads(payload)
-            except ValueError as exc:
-                raise VisionBackendError(
-                    f"VLM server {url} sent malformed JSON in its stream: {payload[:200]!r}"
-                ) from exc
-            if isinstance(event, dict) and event.get("error"):
-                raise VisionBackendError(f"VLM server {url} reported: {event['error']}")
-            yield event
-
-    @staticmethod
-    def _delta(event: dict[str, Any], key: str) -> str:
-        try:
-            part = event["choices"][0][key].get("content")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            return ""
-        return part if isinstance(part, str) else ""
 
     def describe(
         self,
@@ -180,53 +110,38 @@ class OpenAIVisionBackend:
         }
         if self.seed >= 0:
             body["seed"] = self.seed
-        url = f"{self._base_url}/chat/completions"
         start = time.monotonic()
         if cancel.is_set():
             return vlm_result(self, "", start, 0, None, True)
         pieces: list[str] = []
         tokens = 0
         ttft = None
-        cancelled = False
-        with self._lock, self._open(url, body) as response:
-            try:
-                if self._stream:
-                    for event in self._events(response, url):
-                        if cancel.is_set():
-                            cancelled = True
-                            break
-                        delta = self._delta(event, "delta")
-                        if not delta:
-                            continue
-                        tokens += 1
-                        if ttft is None:
-                            ttft = time.monotonic() - start
-                        pieces.append(delta)
-                        if on_token is not None:
-                            on_token(delta)
-                else:
-                    raw = response.read()
-                    try:
-                        answer = json.loads(raw)
-                    except ValueError as exc:
-                        raise VisionBackendError(
-                            f"VLM server {url} sent malformed JSON: {raw[:200]!r}"
-                        ) from exc
-                    if not isinstance(answer, dict) or not answer.get("choices"):
-                        raise VisionBackendError(
-                            f"VLM server {url} sent no choices: {str(answer)[:200]}"
-                        )
-                    text = self._delta(answer, "message")
-                    pieces.append(text)
-                    tokens = int((answer.get("usage") or {}).get("completion_tokens", 0) or 0)
-                    ttft = time.monotonic() - start
-                    if on_token is not None and text:
-                        on_token(text)
-            except TimeoutError as exc:
-                raise VisionBackendError(
-                    f"VLM server {url} stalled for more than {self._timeout_s:g} s"
-                ) from exc
-        return vlm_result(self, "".join(pieces), start, tokens, ttft, cancelled)
+        with self._lock:
+            if self._stream:
+                for event in self._http.stream_events("/chat/completions", body, cancel):
+                    delta = delta_text(event)
+                    if not delta:
+                        continue
+                    tokens += 1
+                    if ttft is None:
+                        ttft = time.monotonic() - start
+                    pieces.append(delta)
+                    if on_token is not None:
+                        on_token(delta)
+            else:
+                answer = self._http.request_json("POST", "/chat/completions", body)
+                if not isinstance(answer, dict) or not answer.get("choices"):
+                    raise VisionBackendError(
+                        f"VLM server {self._http.base_url}/chat/completions sent no choices: "
+                        f"{str(answer)[:200]}"
+                    )
+                text = delta_text(answer, "message")
+                pieces.append(text)
+                tokens = int((answer.get("usage") or {}).get("completion_tokens", 0) or 0)
+                ttft = time.monotonic() - start
+                if on_token is not None and text:
+                    on_token(text)
+        return vlm_result(self, "".join(pieces), start, tokens, ttft, cancel.is_set())
 
     def close(self) -> None:
-        """Nothing is held between requests."""
+        self._http.close()

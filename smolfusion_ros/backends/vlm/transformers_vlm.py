@@ -17,12 +17,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from smolfusion_ros.backends.transformers_common import (
+    DTYPES,
+    InPlaceStreamer,
+    import_torch,
+    pick_device,
+)
 from smolfusion_ros.backends.vlm.base import VisionBackendError, VisionResult
 from smolfusion_ros.backends.vlm.common import (
     DEFAULT_PROMPT,
@@ -30,40 +35,6 @@ from smolfusion_ros.backends.vlm.common import (
     check_image,
     vlm_result,
 )
-
-_DTYPES = ("auto", "float32", "float16", "bfloat16")
-
-
-class _InPlaceStreamer:
-    """A transformers streamer (put/end) that decodes on the generating thread.
-
-    The first put() is the prompt and is skipped. Text is released when it does not end in a
-    partial multi-byte character, so on_text never sees a broken character.
-    """
-
-    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
-        self._tokenizer = tokenizer
-        self._on_text = on_text
-        self._ids: list[int] = []
-        self._released = 0
-        self._prompt_seen = False
-
-    def put(self, value: Any) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self._ids.extend(int(v) for v in value.reshape(-1).tolist())
-        self._release(final=False)
-
-    def end(self) -> None:
-        self._release(final=True)
-
-    def _release(self, final: bool) -> None:
-        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
-        if len(text) <= self._released or (not final and text.endswith("\ufffd")):
-            return
-        piece, self._released = text[self._released :], len(text)
-        self._on_text(piece)
 
 
 class TransformersVisionBackend:
@@ -87,8 +58,8 @@ class TransformersVisionBackend:
         system_prompt: str = "",
         default_prompt: str = DEFAULT_PROMPT,
     ) -> None:
-        if dtype not in _DTYPES:
-            raise VisionBackendError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        if dtype not in DTYPES:
+            raise VisionBackendError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         self._model_path = Path(model_path).expanduser() if str(model_path) else Path("")
         self._device_option = device
         self._dtype_option = dtype
@@ -122,26 +93,11 @@ class TransformersVisionBackend:
                 "to a local transformers checkpoint (e.g. SmolVLM-256M-Instruct); nothing is "
                 "downloaded"
             )
-        try:
-            import torch
-            import transformers
-        except ImportError as exc:
-            raise VisionBackendError(
-                "the transformers VLM back end needs torch and transformers, which are not "
-                f"installed ({exc.name} missing): pip install torch transformers (a CUDA build "
-                "of torch on a GPU server), or use the llama_cpp_vlm back end"
-            ) from exc
+        torch, transformers = import_torch(VisionBackendError, "VLM", "llama_cpp_vlm")
         self._torch = torch
-        if self._device_option == "auto":
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        else:
-            self.device = self._device_option
-        if self._dtype_option == "auto":
-            dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        else:
-            dtype = getattr(torch, self._dtype_option)
-        if self._n_threads > 0 and self.device == "cpu":
-            torch.set_num_threads(self._n_threads)
+        self.device, dtype = pick_device(
+            torch, self._device_option, self._dtype_option, self._n_threads
+        )
         model_class = (
             getattr(transformers, "AutoModelForImageTextToText", None)
             or transformers.AutoModelForVision2Seq
@@ -235,7 +191,7 @@ class TransformersVisionBackend:
             do_sample=do_sample,
             repetition_penalty=self.repetition_penalty,
             stopping_criteria=StoppingCriteriaList([_Cancel()]),
-            streamer=_InPlaceStreamer(self._processor.tokenizer, on_text),
+            streamer=InPlaceStreamer(self._processor.tokenizer, on_text),
         )
         if do_sample:
             generate_kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
