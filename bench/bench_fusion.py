@@ -3,11 +3,18 @@
     .venv/bin/python bench/bench_fusion.py [--reps 8] [--max-tokens 64]
 
 Measured in one run on this machine, cpu_demo settings (SmolLM2-135M via llama.cpp, the
-perception back end), greedy decoding:
+perception back end), greedy decoding, the two paths of each comparison alternating in order:
   1. non-visual answer latency with the scene loop running (a changing frame at 10 Hz, scene
-     interval 0.5 s) vs. with no vision at all  -> ratio (target <= 1.15)
-  2. visual answer latency ("What do you see?": vision model, then the LLM) vs. the vision
-     back end alone + the LLM alone on the same prompt, back to back -> ratio (target <= 1.0)
+     interval 0.5 s) vs. with no vision at all, for both scene-loop policies: "yield" (no
+     description starts while the LLM generates: the ratio is ~1 by construction, and the
+     price shows as few scene updates during generation and an older scene) and "concurrent"
+     (the scene loop keeps running: the LLM's slowdown is the real cost of concurrency).
+     Printed with the scene updates per second during generation and the scene's age when
+     the answer ends. Target (concurrent, GPU profiles) <= 1.10; on this 2-core CPU both
+     models share two cores, which is why cpu_demo uses "yield".
+  2. visual answer latency ("What do you see?" in a session with history: the engine asks the
+     vision model off its thread and evaluates the stable prefix meanwhile) vs. the vision
+     back end alone + the LLM alone on the same prompt, back to back -> ratio (target <= 0.9)
   3. camera_node's CPU share while it receives 640x480 rgb8 frames at 30 Hz over DDS.
 """
 
@@ -98,7 +105,8 @@ def timed(engine: ChatEngine, text: str, session: str, max_tokens: int) -> float
     return time.perf_counter() - started
 
 
-def bench_scene_loop(model: Path, args) -> None:
+def bench_scene_loop(model: Path, args, policy: str) -> None:
+    """Non-visual answers with the scene loop running (policy) vs. no vision, alternating."""
     frames = LatestFrame()
     paused = threading.Event()  # set: the scene loop is stopped for the baseline answers
     engines: list[ChatEngine] = []
@@ -107,6 +115,7 @@ def bench_scene_loop(model: Path, args) -> None:
         frames,
         interval_s=0.5,
         llm_busy=lambda: paused.is_set() or any(e.busy for e in engines),
+        concurrency=policy,
     )
     worker.start()
     while not worker.ready:
@@ -125,7 +134,7 @@ def bench_scene_loop(model: Path, args) -> None:
     with_vision = make_engine(model, args.threads, worker)
     without = make_engine(model, args.threads, None)
     engines += [with_vision, without]
-    loop_on, loop_off = [], []
+    loop_on, loop_off, rates, ages = [], [], [], []
     for rep in range(args.reps + 2):
         question = QUESTIONS[rep % len(QUESTIONS)]
         pair = [(with_vision, loop_on), (without, loop_off)]
@@ -136,16 +145,26 @@ def bench_scene_loop(model: Path, args) -> None:
             else:
                 paused.clear()
             time.sleep(0.6)  # the scene loop runs (or rests) between answers, as it would live
+            scenes_before = worker.stats.scenes
             elapsed = timed(engine, question, f"s{rep}-{id(bucket)}", args.max_tokens)
             if rep >= 2:
                 bucket.append(elapsed)
+                if engine is with_vision:
+                    rates.append((worker.stats.scenes - scenes_before) / elapsed)
+                    scene = worker.latest_scene
+                    ages.append(time.time() - scene.frame.stamp if scene else float("nan"))
     stop.set()
+    ratio = statistics.median(loop_on) / statistics.median(loop_off)
+    target = 1.10 if policy == "concurrent" else 1.15
     print(
-        f"1. non-visual answer, scene loop running: median {statistics.median(loop_on):.3f} s;"
-        f" no vision: {statistics.median(loop_off):.3f} s; ratio "
-        f"{statistics.median(loop_on) / statistics.median(loop_off):.2f} (target <= 1.15); "
-        f"scenes described {worker.stats.scenes}, preempted {worker.stats.preempted}, "
-        f"stale frames dropped {frames.dropped}",
+        f"1. [{policy}] non-visual answer ({args.max_tokens} tokens), scene loop running: "
+        f"median {statistics.median(loop_on):.3f} s; no vision: "
+        f"{statistics.median(loop_off):.3f} s; ratio {ratio:.2f} (target <= {target:.2f}"
+        f"{'' if ratio <= target else ': MISSED'}); scene updates during generation "
+        f"{statistics.median(rates):.2f}/s; scene age when the answer ends: median "
+        f"{statistics.median(ages):.2f} s, worst {max(ages):.2f} s; scenes described "
+        f"{worker.stats.scenes}, preempted {worker.stats.preempted}, stale frames dropped "
+        f"{frames.dropped} ({os.getloadavg()[0]:.2f} load)",
         flush=True,
     )
     with_vision.stop()
@@ -154,6 +173,11 @@ def bench_scene_loop(model: Path, args) -> None:
 
 
 def bench_visual_turn(model: Path, args) -> None:
+    """A visual turn through the engine (vision resolved before the LLM queue, the stable
+    prefix evaluated meanwhile) vs. the vision back end alone, then the LLM alone on the same
+    prompt, back to back; the order of the two alternates per repetition. Each repetition is
+    a new session with 4 earlier turns (so there is a prefix to evaluate), built identically
+    for both paths."""
     photo = person_photo()
     frames = LatestFrame()
     worker = VisionWorker(PerceptionBackend(), frames, interval_s=3600)
@@ -168,19 +192,40 @@ def bench_visual_turn(model: Path, args) -> None:
     alone_llm.load()
     fused, separate = [], []
     settings = GenerationSettings(max_tokens=args.max_tokens, temperature=0.0, seed=42)
+    question = "What do you see?"
     for rep in range(args.reps + 2):
-        elapsed = timed(engine, "What do you see?", f"v{rep}", args.max_tokens)
-        prompt = engine.backend.prompts[-1]
-        started = time.perf_counter()
-        alone_vision.describe(photo, "What do you see?", threading.Event())
-        list(alone_llm.stream_chat(prompt, settings, threading.Event()))
+        session = f"v{rep}"
+        history = []
+        for text in QUESTIONS[:2]:  # earlier turns in this session, the same for both paths
+            result = engine.submit(ChatRequest(text=text, session_id=session, max_tokens=24))
+            reply = result.wait(120).reply
+            history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+
+        def run_fused(session: str = session) -> float:
+            return timed(engine, question, session, args.max_tokens)
+
+        def run_separate(history: list = history) -> float:
+            started = time.perf_counter()
+            seen = alone_vision.describe(photo, question, threading.Event())
+            system = engine.backend.prompts[-1][0]
+            content = f"[What you see right now: {seen.text}]\n{question}"
+            messages = [system, *history, {"role": "user", "content": content}]
+            list(alone_llm.stream_chat(messages, settings, threading.Event()))
+            return time.perf_counter() - started
+
+        # The separate path's LLM has not seen this session: give it the history first, as
+        # the engine's KV cache holds it, so both evaluate only the visual turn's message.
+        alone_llm.prefill([engine.backend.prompts[-1][0], *history], settings, threading.Event())
+        order = (run_fused, run_separate) if rep % 2 == 0 else (run_separate, run_fused)
+        results = {fn: fn() for fn in order}
         if rep >= 2:
-            fused.append(elapsed)
-            separate.append(time.perf_counter() - started)
+            fused.append(results[run_fused])
+            separate.append(results[run_separate])
+    ratio = statistics.median(fused) / statistics.median(separate)
     print(
         f"2. visual answer: fused median {statistics.median(fused):.3f} s; vision alone + "
-        f"LLM alone back to back {statistics.median(separate):.3f} s; ratio "
-        f"{statistics.median(fused) / statistics.median(separate):.2f} (target <= 1.0)",
+        f"LLM alone back to back {statistics.median(separate):.3f} s; ratio {ratio:.2f} "
+        f"(target <= 0.90{'' if ratio <= 0.9 else ': MISSED'}) ({os.getloadavg()[0]:.2f} load)",
         flush=True,
     )
     engine.stop()
@@ -261,7 +306,8 @@ def main() -> None:
     parser.add_argument("--camera-seconds", type=float, default=10.0)
     args = parser.parse_args()
     model = resolve_model("smollm2-135m-instruct")
-    bench_scene_loop(model, args)
+    for policy in ("yield", "concurrent"):
+        bench_scene_loop(model, args, policy)
     bench_visual_turn(model, args)
     bench_camera_cpu(args.camera_seconds)
 
