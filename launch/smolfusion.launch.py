@@ -1,5 +1,6 @@
 """Start a smolfusion_ros profile on a robot: ros2 launch smolfusion_ros smolfusion.launch.py
-profile:=cpu_demo|jetson_gguf|gpu_server [namespace:=robot1] [params_file:=my.yaml]
+profile:=cpu_demo|jetson_gguf|gpu_server|fleet_robot [namespace:=robot1] [params_file:=my.yaml]
+[llm_url:=http://server:8080/v1] [vlm_url:=http://server:8081/v1]
 
 Thin on purpose: which nodes run, which parameter files they read and which nodes are
 required come from config/profiles.yaml through smolfusion_ros.core.profile, the same
@@ -11,6 +12,8 @@ description the in-process bringup (make demo) uses and the tests check.
   error at start, shuts the whole launch down (on_exit=Shutdown) instead of leaving a robot
   that looks alive without its brain. Nodes are not respawned: a configuration error would
   only repeat, and the one-line reason is printed once above the shutdown.
+- llm_url / vlm_url (a fleet robot's model servers) set fusion_node's llm.base_url /
+  vision.base_url over every file.
 """
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
@@ -18,7 +21,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
-from smolfusion_ros.core.profile import get_profile
+from smolfusion_ros.core.profile import ARGUMENT_PARAMETERS, argument_overrides, get_profile
 
 
 def _nodes_for_profile(context, *_args, **_kwargs):
@@ -26,8 +29,10 @@ def _nodes_for_profile(context, *_args, **_kwargs):
     user_file = LaunchConfiguration("params_file").perform(context)
     parameters = [str(path) for path in profile.parameter_files(user_file)]
     namespace = LaunchConfiguration("namespace").perform(context)
+    arguments = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENT_PARAMETERS}
     nodes = []
     for name in profile.nodes:
+        overrides = argument_overrides(name, arguments)
         extra = {}
         if name in profile.required:
             extra["on_exit"] = Shutdown(reason=f"required node {name} exited")
@@ -37,7 +42,7 @@ def _nodes_for_profile(context, *_args, **_kwargs):
                 executable=name,
                 name=name,
                 namespace=namespace,
-                parameters=parameters,
+                parameters=parameters + ([overrides] if overrides else []),
                 output="screen",
                 emulate_tty=True,
                 **extra,
@@ -52,7 +57,7 @@ def generate_launch_description():
             DeclareLaunchArgument(
                 "profile",
                 default_value="cpu_demo",
-                description="cpu_demo, jetson_gguf or gpu_server",
+                description="cpu_demo, jetson_gguf, gpu_server or fleet_robot",
             ),
             DeclareLaunchArgument(
                 "namespace",
@@ -64,6 +69,17 @@ def generate_launch_description():
                 default_value="",
                 description="parameter YAML layered over the profile's own (it overrides only "
                 "the parameters it sets)",
+            ),
+            DeclareLaunchArgument(
+                "llm_url",
+                default_value="",
+                description="OpenAI-compatible LLM server (sets fusion_node llm.base_url), "
+                "e.g. http://server:8080/v1",
+            ),
+            DeclareLaunchArgument(
+                "vlm_url",
+                default_value="",
+                description="OpenAI-compatible VLM server (sets fusion_node vision.base_url)",
             ),
             OpaqueFunction(function=_nodes_for_profile),
         ]

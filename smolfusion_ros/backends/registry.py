@@ -166,7 +166,12 @@ def _openai_vlm(**options: Any) -> VisionBackend:
 
     if not options.get("base_url"):
         raise ValueError("set vision.base_url to the OpenAI-compatible server")
-    return OpenAIVisionBackend(base_url=options["base_url"], model=options.get("model_name", ""))
+    # A robot of a fleet may boot before the server: vision starts, and asks it per request.
+    return OpenAIVisionBackend(
+        base_url=options["base_url"],
+        model=options.get("model_name", ""),
+        tolerate_unreachable=True,
+    )
 
 
 register_vision_backend("perception", _perception)

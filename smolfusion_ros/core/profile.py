@@ -32,6 +32,26 @@ KNOWN_NODES = (
 DEFAULT_REQUIRED = ("fusion_node",)
 
 
+# Launch arguments that set one node's parameter over every file (the model servers of a
+# fleet robot): argument -> (node, parameter). Empty = leave the files' value.
+ARGUMENT_PARAMETERS = {
+    "llm_url": ("fusion_node", "llm.base_url"),
+    "vlm_url": ("fusion_node", "vision.base_url"),
+}
+
+
+def argument_overrides(node_name: str, arguments: dict[str, str]) -> dict[str, str]:
+    """The parameters `arguments` (launch argument -> value) set on `node_name`."""
+    overrides = {}
+    for argument, (node, parameter) in ARGUMENT_PARAMETERS.items():
+        value = (arguments.get(argument) or "").strip()
+        if value and node == node_name:
+            if not value.startswith(("http://", "https://")):
+                raise ProfileError(f"{argument}:={value} must start with http:// or https://")
+            overrides[parameter] = value
+    return overrides
+
+
 class ProfileError(ValueError):
     """Unknown profile or an invalid profile description."""
 

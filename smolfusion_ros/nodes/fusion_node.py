@@ -160,6 +160,43 @@ def _parameter_specs() -> list[ParamSpec]:
             "waiting request is delayed by at most one such step",
             between(1, 8192),
         ),
+        # A remote server (llm.backend: openai, the fleet_robot profile).
+        ParamSpec(
+            "llm.base_url",
+            "",
+            "OpenAI-compatible server for llm.backend openai, e.g. http://server:8080/v1 "
+            "(llm.model is then the served model name; empty = the first the server lists)",
+        ),
+        ParamSpec(
+            "llm.api_key_env",
+            "OPENAI_API_KEY",
+            "environment variable holding the server's API key (sent as a bearer token when "
+            "set; a key in a parameter would be readable by anyone on the ROS graph)",
+        ),
+        ParamSpec(
+            "llm.timeout_s",
+            60.0,
+            "longest wait for the server's next streamed token (or first byte)",
+            between(0.1, 3600.0),
+        ),
+        ParamSpec(
+            "llm.connect_timeout_s",
+            3.0,
+            "longest wait to connect to the server",
+            between(0.1, 600.0),
+        ),
+        ParamSpec(
+            "llm.retries",
+            2,
+            "retries, with backoff, of a request that failed before its first token",
+            between(0, 20),
+        ),
+        ParamSpec(
+            "llm.cache_prompt",
+            True,
+            "send llama-server's cache_prompt hint (reuse the slot's evaluated prefix); false for "
+            "servers that reject unknown fields",
+        ),
         ParamSpec(
             "chat.default_max_tokens",
             160,
@@ -243,25 +280,28 @@ class FusionNode(Node):
             raise ConfigError(f"persona file {personas_path} does not exist") from None
         except PersonaError as exc:
             raise ConfigError(str(exc)) from None
-        given = Path(p["llm.model_path"]).expanduser() if p["llm.model_path"] else None
-        if given is not None and given.exists():
-            check_gguf_file(given, "llm.model_path")  # the precise reason, before the catalogue
-        try:
-            model_path = catalogue.resolve_model(p["llm.model"], p["llm.model_path"], kind="llm")
-        except catalogue.ModelNotFoundError as exc:
-            raise ConfigError(str(exc)) from None
-        check_gguf_file(model_path, "llm.model_path" if given else f"llm.model={p['llm.model']}")
+        model_path = self._llm_model_path(p)
         self._model_path = model_path
-        backend = registry.create_llm_backend(
-            p["llm.backend"],
-            model_path=model_path,
-            n_ctx=p["llm.n_ctx"],
-            n_threads=p["llm.n_threads"],
-            n_batch=p["llm.n_batch"],
-            n_gpu_layers=p["llm.n_gpu_layers"],
-            session_cache_bytes=p["llm.session_cache_mb"] << 20,
-            background_chunk=p["llm.background_chunk"],
-        )
+        try:
+            backend = registry.create_llm_backend(
+                p["llm.backend"],
+                model_path=model_path,
+                n_ctx=p["llm.n_ctx"],
+                n_threads=p["llm.n_threads"],
+                n_batch=p["llm.n_batch"],
+                n_gpu_layers=p["llm.n_gpu_layers"],
+                session_cache_bytes=p["llm.session_cache_mb"] << 20,
+                background_chunk=p["llm.background_chunk"],
+                base_url=p["llm.base_url"],
+                model_name=p["llm.model"],
+                api_key_env=p["llm.api_key_env"],
+                timeout_s=p["llm.timeout_s"],
+                connect_timeout_s=p["llm.connect_timeout_s"],
+                retries=p["llm.retries"],
+                cache_prompt=p["llm.cache_prompt"],
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         limits = RequestLimits(
             max_input_chars=p["chat.max_input_chars"],
             max_tokens_limit=p["chat.max_tokens_limit"],
@@ -345,13 +385,30 @@ class FusionNode(Node):
 
         # Logged before the load starts: llama.cpp silences stderr process-wide while loading.
         self.get_logger().info(
-            f"loading {model_path.name} with {p['llm.backend']} "
+            f"loading {backend.model_name} with {p['llm.backend']} "
             f"(n_ctx={p['llm.n_ctx']}, threads={p['llm.n_threads']}); "
             f"personas: {', '.join(personas.ids())}"
         )
         self.engine.start()
         if self.vision:
             self.vision.worker.start()
+
+    @staticmethod
+    def _llm_model_path(p: dict) -> Path | None:
+        """The local model the LLM back end loads; None for a remote server (llm.base_url)."""
+        if p["llm.backend"] in registry.REMOTE_LLM_BACKENDS:
+            return None
+        given = Path(p["llm.model_path"]).expanduser() if p["llm.model_path"] else None
+        if p["llm.backend"] == "transformers" and given is not None and given.is_dir():
+            return given  # a transformers checkpoint directory (the back end checks it)
+        if given is not None and given.exists():
+            check_gguf_file(given, "llm.model_path")  # the precise reason, before the catalogue
+        try:
+            model_path = catalogue.resolve_model(p["llm.model"], p["llm.model_path"], kind="llm")
+        except catalogue.ModelNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
+        check_gguf_file(model_path, "llm.model_path" if given else f"llm.model={p['llm.model']}")
+        return model_path
 
     @staticmethod
     def _session_store(p: dict):
@@ -378,7 +435,7 @@ class FusionNode(Node):
         # every tick until it goes), then a clean exit with one line, as for a ConfigError.
         self._publish_diagnostics()
         message = (
-            f"configuration error: the language model {self._model_path.name} "
+            f"configuration error: the language model {self.engine.backend.model_name} "
             f"failed to load: {detail}"
         )
         timer = threading.Timer(
@@ -572,10 +629,17 @@ class FusionNode(Node):
             EngineState.LOADING: DiagnosticStatus.WARN,
         }.get(state, DiagnosticStatus.ERROR)
         stats = self.engine.stats
+        # A remote back end's server health (llm.backend openai): WARN while it is unreachable.
+        health_of = getattr(self.engine.backend, "health", None)
+        health = health_of() if health_of is not None else {}
+        message = state.value
+        if health.get("llm_server_ok") == "False" and level == DiagnosticStatus.OK:
+            level = DiagnosticStatus.WARN
+            message = f"{state.value}, server unreachable: {health['llm_server_last_error']}"
         values = {
             "state": state.value,
             "detail": self.engine.state_detail,
-            "model": self._model_path.name,
+            "model": self.engine.backend.model_name,
             "busy": str(self.engine.busy),
             "pending": str(self.engine.pending),
             "served": str(stats.served),
@@ -588,10 +652,11 @@ class FusionNode(Node):
             "summaries": stats.summaries,
             "summaries_preempted": stats.summaries_preempted,
             **(self.vision.diagnostics() if self.vision else {}),
+            **health,
         }
         self._diag_pub.publish(
             diagnostic_array(
-                self, "language model", level, state.value, self._model_path.name, values
+                self, "language model", level, message, self.engine.backend.model_name, values
             )
         )
 

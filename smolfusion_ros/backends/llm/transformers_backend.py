@@ -207,7 +207,7 @@ class TransformersChatBackend:
         if active is None:
             active = self._active = _Cached([], DynamicCache())
         common = 0
-        for old, new in zip(active.ids, ids):
+        for old, new in zip(active.ids, ids, strict=False):
             if old != new:
                 break
             common += 1

@@ -46,6 +46,7 @@ class OpenAIVisionBackend:
         stream: bool = True,
         image_format: str = "jpeg",
         check_on_load: bool = True,
+        tolerate_unreachable: bool = False,
         system_prompt: str = "",
         default_prompt: str = DEFAULT_PROMPT,
     ) -> None:
@@ -64,6 +65,10 @@ class OpenAIVisionBackend:
         self._stream = bool(stream)
         self._image_format = image_format
         self._check_on_load = check_on_load
+        # A robot may boot before its server: then load() succeeds, and the model name is
+        # asked again on the first request.
+        self._tolerate_unreachable = tolerate_unreachable
+        self._listed = False
         self._system_prompt = system_prompt
         self._default_prompt = default_prompt
         self._lock = threading.Lock()
@@ -80,7 +85,15 @@ class OpenAIVisionBackend:
             raise VisionBackendError(str(exc)) from exc
         if not self._check_on_load:
             return
+        try:
+            self._list_models()
+        except VisionBackendError as exc:
+            if not (self._tolerate_unreachable and getattr(exc, "retryable", False)):
+                raise
+
+    def _list_models(self) -> None:
         listed = self._http.request_json("GET", "/models")
+        self._listed = True
         if not self._model and isinstance(listed, dict) and listed.get("data"):
             first = listed["data"][0]
             if isinstance(first, dict) and first.get("id"):
@@ -97,6 +110,8 @@ class OpenAIVisionBackend:
         """Answer `prompt` about the image; stops reading (and closes) once `cancel` is set."""
         if max_tokens < 1:
             raise VisionBackendError(f"max_tokens must be at least 1, got {max_tokens}")
+        if self._check_on_load and not self._listed and not self._model:
+            self._list_models()  # the server was down at load
         uri = image_data_uri(image_rgb, self._image_format)
         body: dict[str, Any] = {
             "model": self._model or "default",
