@@ -177,10 +177,9 @@ class OpenAIEndpoint:
             response = client.request(method, url, json=body)
         except self._httpx.HTTPError as exc:
             raise self._transport_error(exc, url) from exc
-        with response:
-            if response.status_code >= 400:
-                raise self._status_error(response, url)
-            return self._parse(response.read(), url)
+        if response.status_code >= 400:
+            raise self._status_error(response, url)
+        return self._parse(response.content, url)
 
     def stream_events(
         self,

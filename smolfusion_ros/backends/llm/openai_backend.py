@@ -49,6 +49,8 @@ CHARS_PER_TOKEN_ESTIMATE = 3.0
 # (count_tokens runs for every history turn; each must not wait for a dead server).
 TOKENIZE_RETRY_S = 5.0
 TOKEN_COUNT_CACHE = 2048
+# Retry waits double from backoff_s up to this (a restarting server answers 503 for seconds).
+MAX_BACKOFF_S = 2.0
 
 
 class OpenAIChatBackend:
@@ -239,6 +241,9 @@ class OpenAIChatBackend:
                         emitted += 1
                         yield delta
                 self._ok()
+                if not self._model:  # the server was down at load: learn its model name
+                    with contextlib.suppress(LLMBackendError):
+                        self._discover_model()
                 return
             except LLMBackendError as exc:
                 if cancel.is_set():
@@ -253,7 +258,7 @@ class OpenAIChatBackend:
                     self._failed(message)
                     raise LLMBackendError(message) from exc
                 self.retried += 1
-                delay = self.backoff_s * (2**attempt)
+                delay = min(MAX_BACKOFF_S, self.backoff_s * (2**attempt))
                 attempt += 1
                 if cancel.wait(delay):
                     return
