@@ -270,6 +270,7 @@ class Rig:
         self.lock = threading.Lock()
         self.utterances: list[tuple[float, object]] = []
         self.first_tokens: list[float] = []
+        self.last_chunk_at = 0.0
         self.seen_requests: set[str] = set()
         self.diagnostics: dict[str, dict[str, str]] = {}
         self.node.create_subscription(
@@ -300,6 +301,8 @@ class Rig:
 
     def _on_chunk(self, msg) -> None:
         with self.lock:
+            if msg.session_id == "voice":
+                self.last_chunk_at = time.monotonic()
             if msg.session_id == "voice" and msg.request_id not in self.seen_requests:
                 self.seen_requests.add(msg.request_id)
                 self.first_tokens.append(time.monotonic())
@@ -352,7 +355,15 @@ class Rig:
             if finals and tokens:
                 break
             time.sleep(0.02)
-        time.sleep(1.5)  # let the answer finish before the next turn
+        # Let the answer finish before the next turn: a late answer must not be taken for
+        # the next turn's (on a loaded machine answers can lag by seconds).
+        quiet_until = time.monotonic() + 30
+        while time.monotonic() < quiet_until:
+            with self.lock:
+                idle = time.monotonic() - max(self.last_chunk_at, started)
+            if idle > 1.5:
+                break
+            time.sleep(0.05)
         with self.lock:
             finals = [(t, m) for t, m in self.utterances[n_utt:] if m.is_final]
             tokens = self.first_tokens[n_tok:]
@@ -393,10 +404,11 @@ def latency_part(reps: int) -> None:
                 if rep == 0 or not run["finals"] or not run["tokens"]:
                     continue  # warm-up, or nothing heard
                 final_at, final = run["finals"][0]
+                answered = [t for t in run["tokens"] if t >= final_at] or run["tokens"]
                 results[which].append(
                     (
                         final_at - run["end"],
-                        run["tokens"][0] - run["end"],
+                        answered[0] - run["end"],
                         word_errors(words(LATENCY_SENTENCES[k]), words(final.text)),
                         len(words(LATENCY_SENTENCES[k])),
                     )
