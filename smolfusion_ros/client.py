@@ -14,6 +14,7 @@ Never call its blocking methods from inside a callback of the executor that spin
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -65,8 +66,16 @@ class ConverseHandle:
     def cancel(self, timeout: float = 5.0) -> None:
         _wait_future(self.goal_handle.cancel_goal_async(), timeout, "cancel")
 
-    def result(self, timeout: float = 120.0) -> Converse.Result:
-        return _wait_future(self._result_future, timeout, "converse result").result
+    def result(self, timeout: float = 120.0, cancel_on_timeout: bool = True) -> Converse.Result:
+        """Wait for the result; on timeout (ClientError) the goal is cancelled first, so an
+        answer nobody waits for any more does not keep the model busy."""
+        try:
+            return _wait_future(self._result_future, timeout, "converse result").result
+        except ClientError:
+            if cancel_on_timeout and not self.done():
+                with contextlib.suppress(ClientError):
+                    self.cancel(timeout=2.0)
+            raise
 
     def done(self) -> bool:
         return self._result_future.done()

@@ -175,6 +175,27 @@ def test_a_client_that_gives_up_frees_the_model_at_once(ros_node, start_node):
     assert waited < unloaded + 1.0, (waited, unloaded)
 
 
+def test_a_converse_leaf_that_gives_up_cancels_its_goal(ros_node, start_node):
+    """The behaviour-tree way: converse + result(timeout); the goal is cancelled on timeout."""
+    from smolfusion_ros.client import ClientError
+
+    namespace = unique_namespace("leaf")
+    start_node(FUSION, namespace, params=GREEDY)
+    client = make_client(ros_node, namespace)
+    client.wait_until_ready(60)
+    unloaded = min(
+        client.chat("Say hello.", session_id="next", max_tokens=8).latency_s for _ in range(3)
+    )
+    goal = client.converse(LONG_STORY, session_id="story", max_tokens=600)
+    with pytest.raises(ClientError):
+        goal.result(0.5)
+    gave_up = time.monotonic()
+    following = client.chat("Say hello.", session_id="next", max_tokens=8, timeout=30)
+    assert following.success, following.error
+    assert time.monotonic() - gave_up < unloaded + 1.0
+    assert goal.result(5).cancelled
+
+
 def test_timeout_s_ends_chat_and_converse_with_a_deadline_error(ros_node, start_node):
     from smolfusion_ros.srv import Chat
 
