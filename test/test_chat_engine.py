@@ -308,7 +308,8 @@ def test_older_turns_are_folded_into_a_summary_that_the_prompt_carries(tmp_path)
         window_ids = [t.turn_id for t in engine.sessions.history("ana")]
         assert up_to < min(window_ids), "the summary covers only turns outside the window"
         ask(engine, "What do you know about me?", "ana", max_tokens=16)
-        prompt = engine.backend.prompts[-1]
+        # The last answer's prompt (a further summary may have started after it).
+        prompt = [p for p in engine.backend.prompts if not _is_summary_request(p)][-1]
         assert f"Earlier in this conversation: {summary}" in prompt[0]["content"]
         assert "My name is Ana." not in [m["content"] for m in prompt[1:]]
         assert engine.stats.summaries >= 1

@@ -131,7 +131,7 @@ def engine_with_vision():
     engine = ChatEngine(
         llm,
         PERSONAS,
-        settings=EngineSettings(temperature=0.0, seed=3, vision_timeout_s=20),
+        settings=EngineSettings(temperature=0.0, seed=3, vision_timeout_s=120),
         vision=worker,
     )
     engine.start()
@@ -196,10 +196,10 @@ def test_a_visual_turn_does_not_block_a_later_non_visual_turn(engine_with_vision
     other = engine.submit(
         ChatRequest(text="What is the capital of Italy?", session_id="other", max_tokens=8)
     )
-    result = other.wait(30)
+    result = other.wait(120)
     assert result.success and not visual.done, "the non-visual turn did not wait for vision"
     backend.gate.set()
-    answer = visual.wait(30)
+    answer = visual.wait(120)
     assert answer.success and answer.scene_used
     assert "1 person" in engine.backend.prompts[-1][-1]["content"]
 
