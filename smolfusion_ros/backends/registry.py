@@ -117,6 +117,9 @@ def _transformers_llm(**options: Any) -> LLMBackend:
         model_path=options["model_path"],
         n_ctx=options.get("n_ctx") or 2048,
         n_threads=options.get("n_threads") or 0,
+        n_batch=options.get("n_batch") or 512,
+        session_cache_bytes=options.get("session_cache_bytes") or 0,
+        background_chunk=options.get("background_chunk") or 16,
     )
 
 
