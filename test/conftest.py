@@ -28,6 +28,8 @@ os.environ["ROS_HOME"] = tempfile.mkdtemp(prefix="smolfusion-test-ros-home-")
 REPO = Path(__file__).resolve().parent.parent
 # Camera frames over 512 KB need the package's Fast DDS profile, as every node process uses.
 os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds.xml"))
+# ... and its DYNAMIC history memory, as nodes/dds.py arranges for every node process.
+os.environ.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "1")
 # Tests exercise the package as installed into the venv (with its generated interfaces), never
 # the bare source directory, which lacks msg/srv/action.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO]

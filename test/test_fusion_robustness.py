@@ -357,11 +357,6 @@ def _rgb8(width: int, height: int, value: int = 128):
 MEMORY_BOUND_MB = 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs DYNAMIC history memory in config/fastdds.xml and RMW_FASTRTPS_USE_QOS_FROM_XML"
-    "=1 in nodes/dds.py (files outside this change): RSS stayed +300 MB with the default pool",
-)
 def test_huge_images_are_refused_and_memory_returns(ros_node, start_node):
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image

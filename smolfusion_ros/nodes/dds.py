@@ -24,3 +24,10 @@ def use_large_frame_transport() -> None:
     profile = paths.config_path("fastdds.xml")
     if profile.is_file():
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+        use_memory_policy_from_profile()
+
+
+def use_memory_policy_from_profile() -> None:
+    """Let rmw_fastrtps take the history memory policy (DYNAMIC) from config/fastdds.xml; it
+    ignores the file's policy otherwise and keeps the largest message's buffer for good."""
+    os.environ.setdefault("RMW_FASTRTPS_USE_QOS_FROM_XML", "1")
