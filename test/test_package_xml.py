@@ -79,6 +79,11 @@ MODULE_SOURCES = {
     "PIL": "optional",  # Pillow, with transformers' image processors
     "cv_bridge": "optional",  # used when a real ROS install has it
     "pypdf": "optional",  # knowledge-base PDF documents
+    # gateway_node (HTTP gateway and web console): requirements/gateway.txt
+    "fastapi": "optional",
+    "uvicorn": "optional",
+    "starlette": "optional",
+    "pydantic": "optional",
 }
 
 

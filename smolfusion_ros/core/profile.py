@@ -25,6 +25,8 @@ KNOWN_NODES = (
     "tts_node",
     "memory_node",
     "text_input_node",
+    "knowledge_node",
+    "gateway_node",
 )
 
 

@@ -1,0 +1,1 @@
+"""HTTP gateway and web console (served by nodes/gateway_node.py)."""
