@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +19,11 @@ from smolfusion_ros.backends.llm.base import ChatMessage, GenerationSettings, LL
 
 log = logging.getLogger(__name__)
 
-# Tokens per llama_decode call for preemptible (background) prompt evaluation. Measured on the
-# 2-core development machine: a 16-token batch of SmolLM2-135M takes about as long as two
-# single-token decode steps, and evaluates the prompt at about 80 % of the speed of 256-token
-# batches, so a waiting request is delayed by roughly one decode step, not a whole prompt.
+# Most tokens per llama_decode call for preemptible (background) prompt evaluation. The back
+# end adapts the chunk below this bound so that one chunk takes no longer than one decode step
+# of the same model on the same machine (measured while it generates): a waiting request is
+# then delayed by about one decode step, not by a whole prompt evaluation (a summary's prompt
+# of ~400 tokens took 0.3 s on SmolLM2 and seconds on Qwen2.5-1.5B on 2 cores, unstoppable).
 BACKGROUND_EVAL_CHUNK = 16
 
 
@@ -75,6 +77,9 @@ class LlamaCppChatBackend:
         self._verbose = verbose
         self._llm = None
         self._background_chunk = max(1, background_chunk)
+        self._chunk_now = self._background_chunk  # adapted to the decode step time
+        self._decode_step_s = 0.0  # moving average of one generated token's evaluation
+        self._preemptible = False
         # Per-call evaluation control, read by the patched Llama.eval (one worker thread).
         self._eval_chunk = n_batch
         self._eval_cancel: threading.Event | None = None
@@ -137,18 +142,40 @@ class LlamaCppChatBackend:
 
         def eval_in_chunks(tokens) -> None:
             tokens = list(tokens)
-            step = max(1, self._eval_chunk)
-            for start in range(0, len(tokens), step):
+            start = 0
+            while start < len(tokens):
                 cancel = self._eval_cancel
                 if cancel is not None and cancel.is_set():
                     raise _Preempted
+                step = self._chunk_now if self._preemptible else max(1, self._eval_chunk)
                 part = tokens[start : start + step]
+                began = time.perf_counter()
                 evaluate(part)
+                self._observe(len(part), step, time.perf_counter() - began)
+                start += len(part)
                 self.tokens_evaluated_total += len(part)
                 if self._counting_prompt:
                     self.prompt_tokens_evaluated += len(part)
 
         llm.eval = eval_in_chunks
+
+    def _observe(self, evaluated: int, step: int, seconds: float) -> None:
+        """Learn one decode step's time from generation, and keep background chunks within
+        it: halve the chunk when one took longer, double it (up to the bound) when one took
+        less than half."""
+        if evaluated == 1 and not self._counting_prompt:
+            previous = self._decode_step_s
+            self._decode_step_s = seconds if not previous else 0.8 * previous + 0.2 * seconds
+        elif self._preemptible and evaluated == step and self._decode_step_s:
+            if seconds > self._decode_step_s and step > 1:
+                self._chunk_now = max(1, step // 2)
+            elif seconds < 0.5 * self._decode_step_s and step < self._background_chunk:
+                self._chunk_now = min(self._background_chunk, step * 2)
+
+    @property
+    def background_chunk(self) -> int:
+        """Tokens per background evaluation step right now (adapted)."""
+        return self._chunk_now
 
     def count_tokens(self, text: str) -> int:
         if self._llm is None:
@@ -219,7 +246,8 @@ class LlamaCppChatBackend:
         # llama-cpp-python reuses its construction seed when none is given, which would make
         # every answer to the same prompt identical: draw a fresh one unless fixed.
         seed = settings.seed if settings.seed >= 0 else random.getrandbits(31)
-        self._eval_chunk = self._background_chunk if settings.preemptible else self._n_batch
+        self._eval_chunk = self._n_batch
+        self._preemptible = settings.preemptible
         # Every request is cancellable between prompt chunks too (a long prompt on a slow
         # machine takes seconds); background work additionally uses small chunks.
         self._eval_cancel = cancel
@@ -247,6 +275,7 @@ class LlamaCppChatBackend:
             return
         finally:
             self._counting_prompt = False
+            self._preemptible = False
             self._eval_cancel = None
             # Closing the generator ends llama.cpp's sampling loop at once.
             stream.close()
