@@ -45,7 +45,7 @@ def fleet(server, module_ros_node, tmp_path_factory):
             database = tmp_path_factory.mktemp(f"robot{index}") / "memory.db"
             params = {
                 "llm.base_url": server.base_url,
-                "llm.model": "",  # whatever the server serves (its alias)
+                "llm.model": "''",  # whatever the server serves (its alias)
                 "llm.n_ctx": 1024,
                 "llm.temperature": 0.0,
                 "llm.seed": 7,
