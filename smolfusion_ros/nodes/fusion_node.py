@@ -651,6 +651,12 @@ class FusionNode(Node):
             "last_tokens_per_s": f"{stats.last_tokens_per_s:.1f}",
             "summaries": stats.summaries,
             "summaries_preempted": stats.summaries_preempted,
+            # Prompt caching: tokens the last answer evaluated (the rest came from the KV
+            # cache), speculative prefills, prefixes re-evaluated in idle time.
+            "last_prompt_tokens": str(stats.last_prompt_tokens),
+            "prefills": str(stats.prefills),
+            "prefix_warmups": str(stats.warmups),
+            "vision_timeouts": str(stats.vision_timeouts),
             **(self.vision.diagnostics() if self.vision else {}),
             **health,
         }
