@@ -51,6 +51,7 @@ from smolfusion_ros.core.sessions import (
     plan_window,
 )
 from smolfusion_ros.core.summaries import build_summary_messages
+from smolfusion_ros.dialogue.rules import RuleBook
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ MAX_REMEMBERED_CONTEXTS = 4096
 # The summary folds at most this many blocks in one pass (its prompt must fit the context).
 MAX_FOLD_BLOCKS = 4
 SCRATCH_SESSION = ""  # back-end session for work outside any conversation (summaries)
+# (persona id, the person's words) -> (context text for the prompt, ids of the chunks in it);
+# ("", []) when nothing relevant. Called on the engine thread just before the prompt is built.
+KnowledgeLookup = Callable[[str, str], tuple[str, list[str]]]
 
 
 class EngineState(str, Enum):
@@ -108,6 +112,8 @@ class EngineStats:
     vision_timeouts: int = 0
     # Prompt tokens the back end evaluated for the last answer (0 = all were cached).
     last_prompt_tokens: int = 0
+    rules: int = 0  # answers given by the rule book (no LLM)
+    knowledge_failures: int = 0  # knowledge lookups that failed (answered without documents)
 
 
 class ChatEngine:
@@ -120,9 +126,20 @@ class ChatEngine:
         vision: VisionWorker | None = None,
         classifier: VisualTurnClassifier | None = None,
         on_loaded: Callable[[EngineState, str], None] | None = None,
+        rules: RuleBook | None = None,
+        knowledge: KnowledgeLookup | None = None,
+        reload_personas: Callable[[], PersonaBook] | None = None,
+        language_of: Callable[[str], str] | None = None,
     ) -> None:
         self.backend = backend
         self.personas = personas
+        # Dialogue layer (all optional): rule answers given before the LLM queue, knowledge
+        # retrieval for the prompt's context block, and operator personas created while the
+        # node runs (re-read on an unknown persona id).
+        self._rules = rules
+        self._knowledge = knowledge
+        self._reload_personas = reload_personas
+        self._language_of = language_of or (lambda _persona: "")
         self.sessions = sessions or InMemorySessionStore()
         self.settings = settings or EngineSettings()
         self._vision = vision
@@ -218,16 +235,21 @@ class ChatEngine:
         try:
             request = normalise_request(request, self.settings.limits)
             persona_id = request.persona
+            if persona_id and self.personas.get(persona_id) is None and self._reload_personas:
+                self.personas = self._reload_personas()  # created since the last read?
             if persona_id and self.personas.get(persona_id) is None:
                 raise RequestRejected(
                     f"unknown persona {persona_id!r} (known: {', '.join(self.personas.ids())})"
                 )
             if request.use_vision == "always" and self._vision is None:
                 raise RequestRejected("use_vision=always, but this profile has no vision back end")
-            self._check_ready()
             job = ChatJob(request, [*self._observers, *([listener] if listener else [])])
             for observer in self._done_observers:
                 job.add_done_callback(observer)
+            # A configured intent is answered at once, without the model (even while it loads).
+            if self._rules is not None and self._answer_by_rule(job):
+                return job
+            self._check_ready()
             visual = (
                 self._vision is not None
                 and self._classifier.route(request.text, request.use_vision).visual
@@ -277,6 +299,39 @@ class ChatEngine:
             self._cond.notify_all()
         return True
 
+    def _answer_by_rule(self, job: ChatJob) -> bool:
+        """Answer `job` from the rule book if its words are a configured intent; stored in
+        the session like any other turn (source=rule). On the caller's thread."""
+        request = job.request
+        persona_id = request.persona or self.sessions.persona_of(request.session_id)
+        persona = self.personas.get(persona_id) or self.personas.get("")
+        match = self._rules.match(request.text, self._language_of(persona.persona_id))
+        if match is None:
+            return False
+        now = time.time()
+        latency = time.monotonic() - job.submitted_at
+        self.sessions.append(
+            request.session_id,
+            persona.persona_id,
+            TurnRecord("user", request.text, request.source, job.submitted_wall),
+            TurnRecord("assistant", match.answer, "rule", now, latency),
+        )
+        job.emit(match.answer, match.answer, 1, self._listener_error)
+        self.stats.rules += 1
+        result = ChatResult(
+            success=True,
+            reply=match.answer,
+            source="rule",
+            request_id=job.request_id,
+            session_id=request.session_id,
+            persona=persona.persona_id,
+            ttft_s=latency,
+            latency_s=time.monotonic() - job.submitted_at,
+            tokens=1,
+        )
+        self._finish(job, result)
+        return True
+
     def _make_ready(self, job: ChatJob) -> None:
         """Caller holds _cond."""
         order = self._job_order.pop(job.request_id, next(self._order))
@@ -317,7 +372,11 @@ class ChatEngine:
 
     @staticmethod
     def _no_sight(reason: str) -> str:
-        return f"nothing right now ({reason}); say so if the question needs sight"
+        # Explicit, so a small model does not invent a scene (it did with a vaguer text).
+        return (
+            f"nothing. No camera image is available right now ({reason}). If you are asked "
+            "what you see, say that you can't see anything right now; never describe a scene"
+        )
 
     def _expire_vision(self) -> float | None:
         """Withdraw visual questions past vision_timeout_s (their jobs go on without sight);
@@ -451,7 +510,9 @@ class ChatEngine:
         while len(self._evaluated) > MAX_REMEMBERED_CONTEXTS:
             self._evaluated.popitem(last=False)
 
-    def _messages(self, request: ChatRequest, persona, scene: str) -> list:
+    def _messages(
+        self, request: ChatRequest, persona, scene: str, notes: tuple[str, ...] = ()
+    ) -> list:
         """The prompt for `request`: raises PromptTooLongError."""
         session_id = request.session_id
         plan = self._window(session_id)
@@ -460,6 +521,7 @@ class ChatEngine:
             [self._as_evaluated(session_id, turn) for turn in plan.shown],
             request.text,
             scene_text=scene,
+            notes=notes,
             summary_text=self.sessions.summary(session_id)[0],
             context_size=self.backend.context_size,
             reserve_tokens=request.max_tokens,
@@ -475,6 +537,9 @@ class ChatEngine:
         turn (resolved before the job was queued), else the newest scene description
         (or the one a speculative prefill of the same words used). (text, vision used)"""
         if self._vision is None:
+            # No vision back end: a question about sight gets told so, never nothing at all.
+            if self._classifier.route(job.request.text, job.request.use_vision).visual:
+                return self._no_sight("this robot has no camera configured"), False
             return "", False
         self._vision.yield_to_llm()
         if job.vision_text is not None:
@@ -501,8 +566,9 @@ class ChatEngine:
             return
         persona = self._persona(request)
         scene, scene_used = self._scene_for(job)
+        notes, knowledge_ids = self._knowledge_for(persona.persona_id, request.text)
         try:
-            messages = self._messages(request, persona, scene)
+            messages = self._messages(request, persona, scene, notes)
         except PromptTooLongError as exc:
             self._finish(job, ChatResult(False, str(exc), request_id=job.request_id))
             return
@@ -530,12 +596,27 @@ class ChatEngine:
             self._remember_evaluated(request.session_id, user_turn, scene)
             if self.settings.summary_batch > 0 and self._window(request.session_id).fold:
                 self._summary_due.add(request.session_id)
-        self._finish(
-            job,
-            self._result(
-                job, reply, len(parts), first_token_at, cancelled, persona.persona_id, scene_used
-            ),
+        result = self._result(
+            job, reply, len(parts), first_token_at, cancelled, persona.persona_id, scene_used
         )
+        self._finish(
+            job, dataclasses.replace(result, scene_text=scene, knowledge_ids=knowledge_ids)
+        )
+
+    def _knowledge_for(self, persona_id: str, text: str) -> tuple[tuple[str, ...], tuple]:
+        """(context notes, chunk ids) from the persona's knowledge base; nothing on failure
+        (an answer without the documents beats no answer)."""
+        if self._knowledge is None:
+            return (), ()
+        try:
+            context, ids = self._knowledge(persona_id, text)
+        except Exception as exc:
+            log.warning("knowledge lookup failed: %s", exc)
+            self.stats.knowledge_failures += 1
+            return (), ()
+        if not context:
+            return (), ()
+        return (context,), tuple(ids)
 
     # --------------------------------------------------------- background work
     def _speculative_prefill(self, request: ChatRequest) -> None:

@@ -25,6 +25,8 @@ class ChatResult:
     ttft_s: float = 0.0
     latency_s: float = 0.0
     tokens: int = 0
+    scene_text: str = ""  # the scene description that went into the prompt
+    knowledge_ids: tuple[str, ...] = ()  # knowledge chunks that went into the prompt
 
 
 # (job, delta text, answer so far, token count)

@@ -53,6 +53,8 @@ def fill_chat_response(target, result: ChatResult):
     target.tokens = int(result.tokens)
     if hasattr(target, "cancelled"):
         target.cancelled = result.cancelled
+    target.scene_text = result.scene_text
+    target.knowledge_ids = list(result.knowledge_ids)
     return target
 
 

@@ -48,6 +48,7 @@ from smolfusion_ros.nodes.conversions import (
     stamp_from_wall,
 )
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.fusion_dialogue import DialogueBridge, dialogue_parameter_specs
 from smolfusion_ros.nodes.fusion_vision import VisionBridge, vision_parameter_specs
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
@@ -268,7 +269,9 @@ class FusionNode(Node):
 
     def __init__(self, node_name: str = "fusion_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(self, _parameter_specs() + vision_parameter_specs())
+        p = declare_parameters(
+            self, _parameter_specs() + vision_parameter_specs() + dialogue_parameter_specs()
+        )
         self._params = p
         if p["chat.default_max_tokens"] > p["chat.max_tokens_limit"]:
             raise ConfigError("chat.default_max_tokens is larger than chat.max_tokens_limit")
@@ -280,6 +283,9 @@ class FusionNode(Node):
             raise ConfigError(f"persona file {personas_path} does not exist") from None
         except PersonaError as exc:
             raise ConfigError(str(exc)) from None
+        # Rules, knowledge retrieval and operator personas (nodes/fusion_dialogue.py).
+        self.dialogue = DialogueBridge(self, p, personas)
+        personas = self.dialogue.personas()
         model_path = self._llm_model_path(p)
         self._model_path = model_path
         try:
@@ -334,7 +340,12 @@ class FusionNode(Node):
             vision=self.vision.worker if self.vision else None,
             classifier=self.vision.classifier if self.vision else None,
             on_loaded=self._on_model_loaded,
+            rules=self.dialogue.rules,
+            knowledge=self.dialogue.lookup if p["knowledge.enabled"] else None,
+            reload_personas=self.dialogue.personas,
+            language_of=self.dialogue.language_of,
         )
+        self.dialogue.on_personas_changed = self._personas_changed
         # Service calls and goals wait on an executor thread until their answer is done (the
         # model works on the engine's thread). At most chat.max_pending + 1 chat/converse
         # requests can be unfinished at once (more are rejected), plus the analyze calls; the
@@ -392,6 +403,10 @@ class FusionNode(Node):
         self.engine.start()
         if self.vision:
             self.vision.worker.start()
+
+    def _personas_changed(self, book) -> None:
+        """persona_events: an operator persona was created, replaced or deleted."""
+        self.engine.personas = book
 
     @staticmethod
     def _llm_model_path(p: dict) -> Path | None:
@@ -658,6 +673,8 @@ class FusionNode(Node):
             "prefix_warmups": str(stats.warmups),
             "vision_timeouts": str(stats.vision_timeouts),
             **(self.vision.diagnostics() if self.vision else {}),
+            **self.dialogue.diagnostics(),
+            "rule_answers": str(stats.rules),
             **health,
         }
         self._diag_pub.publish(

@@ -82,7 +82,7 @@ def _status_for(error: str) -> int:
     lowered = error.lower()
     if any(word in lowered for word in _UNAVAILABLE):
         return 503
-    if "unknown persona" in lowered or "no document" in lowered or "no such" in lowered:
+    if "no document" in lowered or "no such" in lowered:
         return 404
     return 400
 
