@@ -288,16 +288,17 @@ class FusionNode(Node):
         personas = self.dialogue.personas()
         model_path = self._llm_model_path(p)
         self._model_path = model_path
-        try:
-            backend = registry.create_llm_backend(
-                p["llm.backend"],
-                model_path=model_path,
-                n_ctx=p["llm.n_ctx"],
-                n_threads=p["llm.n_threads"],
-                n_batch=p["llm.n_batch"],
-                n_gpu_layers=p["llm.n_gpu_layers"],
-                session_cache_bytes=p["llm.session_cache_mb"] << 20,
-                background_chunk=p["llm.background_chunk"],
+        options = dict(
+            model_path=model_path,
+            n_ctx=p["llm.n_ctx"],
+            n_threads=p["llm.n_threads"],
+            n_batch=p["llm.n_batch"],
+            n_gpu_layers=p["llm.n_gpu_layers"],
+            session_cache_bytes=p["llm.session_cache_mb"] << 20,
+            background_chunk=p["llm.background_chunk"],
+        )
+        if p["llm.backend"] in registry.REMOTE_LLM_BACKENDS:
+            options |= dict(
                 base_url=p["llm.base_url"],
                 model_name=p["llm.model"],
                 api_key_env=p["llm.api_key_env"],
@@ -306,6 +307,8 @@ class FusionNode(Node):
                 retries=p["llm.retries"],
                 cache_prompt=p["llm.cache_prompt"],
             )
+        try:
+            backend = registry.create_llm_backend(p["llm.backend"], **options)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         limits = RequestLimits(
