@@ -147,7 +147,7 @@ def test_a_visual_turn_answers_with_the_vision_result(engine_with_vision):
     worker.frames.put(ASTRONAUT, time.time())
     result = engine.submit(
         ChatRequest(text="What do you see?", session_id="v", max_tokens=16)
-    ).wait(30)
+    ).wait(120)
     assert result.success and result.scene_used
     question = engine.backend.prompts[-1][-1]["content"]
     assert question.startswith("[What you see right now: Perception summary")
@@ -166,7 +166,7 @@ def test_a_non_visual_answer_does_not_wait_for_the_vision_model(engine_with_visi
     started = time.monotonic()
     result = engine.submit(
         ChatRequest(text="What is the capital of Italy?", session_id="n", max_tokens=8)
-    ).wait(30)
+    ).wait(120)
     elapsed = time.monotonic() - started
     assert result.success and elapsed < 5, f"waited {elapsed:.1f} s"
     assert asking.is_alive(), "the vision model was still busy while the answer came"
@@ -179,7 +179,7 @@ def test_a_visual_turn_without_a_camera_image_says_so(engine_with_vision):
     engine, _worker, _backend = engine_with_vision
     result = engine.submit(
         ChatRequest(text="What am I holding?", session_id="dark", max_tokens=8)
-    ).wait(30)
+    ).wait(120)
     assert result.success and not result.scene_used
     assert "no camera frame has been received yet" in engine.backend.prompts[-1][-1]["content"]
 
@@ -215,7 +215,7 @@ def test_a_visual_question_past_the_timeout_is_withdrawn(engine_with_vision):
     engine.settings = dataclasses.replace(engine.settings, vision_timeout_s=0.5)
     result = engine.submit(
         ChatRequest(text="What am I holding?", session_id="late", max_tokens=8)
-    ).wait(30)
+    ).wait(120)
     assert result.success and not result.scene_used
     assert "no visual answer within 0.5 s" in engine.backend.prompts[-1][-1]["content"]
     backend.gate.set()
