@@ -125,7 +125,12 @@ class DialogueBridge:
         )
         future.add_done_callback(lambda _f: done.set())
         self.lookups += 1
-        if not done.wait(self._timeout):
+        # future.done() is polled too: the done-callback runs as an executor task, which may
+        # wait until some unrelated event wakes the executor (see client._wait_future).
+        deadline = started + self._timeout
+        while not future.done() and time.monotonic() < deadline:
+            done.wait(0.005)
+        if not future.done():
             future.cancel()
             self.lookup_failures += 1
             raise TimeoutError(f"knowledge search took over {self._timeout} s")
