@@ -19,6 +19,11 @@ What this measures is the serving engine's batching against N independent models
 same cores; the shared side includes the HTTP/SSE and JSON cost of every token. Targets: shared
 aggregate tokens/s >= 1.5x in-process at 4 robots; one robot remote/in-process total <= 1.10x.
 
+`--cores N` (default: all) is the server's thread count and the total the in-process robots
+split. llama.cpp's threads wait for each other at every step: on a machine loaded by other
+work, 2-thread runs (server or robot) slowed 10x here while 1-thread runs did not, so read the
+load printed before and after, and measure on a quiet machine.
+
     .venv/bin/python bench/bench_fleet.py                  # 1, 2, 4, 8 robots, 2 repetitions
     .venv/bin/python bench/bench_fleet.py --robots 4 --reps 1 --chats 2
 """
