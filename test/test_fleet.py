@@ -20,6 +20,9 @@ from smolfusion_ros.core.profile import ProfileError, argument_overrides, get_pr
 FUSION = "smolfusion_ros.nodes.fusion_node"
 FLEET_PARAMS = REPO / "config" / "fleet_robot.yaml"
 ROBOTS = 4
+# The first test may build llama-server (about 15 minutes on 2 idle cores, once; cached):
+# pytest-timeout counts the module fixture's setup against that test.
+BUILD_TIMEOUT_S = 3600
 QUESTIONS = [
     "What is the capital of France?",
     "Name a colour of the sky.",
@@ -77,6 +80,7 @@ def _stored_turns(database) -> list[tuple[str, str]]:
 
 @pytest.mark.ros
 @pytest.mark.model
+@pytest.mark.timeout(BUILD_TIMEOUT_S)
 def test_four_robots_chat_at_the_same_time_and_all_are_answered(fleet):
     results: dict[int, object] = {}
 
@@ -105,6 +109,7 @@ def test_four_robots_chat_at_the_same_time_and_all_are_answered(fleet):
 
 @pytest.mark.ros
 @pytest.mark.model
+@pytest.mark.timeout(BUILD_TIMEOUT_S)
 def test_cancel_on_one_robot_does_not_disturb_the_others(fleet):
     _process, canceller, _database = fleet[0]
     feedback = []
@@ -142,6 +147,7 @@ def test_cancel_on_one_robot_does_not_disturb_the_others(fleet):
 
 @pytest.mark.ros
 @pytest.mark.model
+@pytest.mark.timeout(BUILD_TIMEOUT_S)
 def test_server_killed_mid_conversation_then_restarted_robots_recover(
     fleet, server, module_ros_node
 ):

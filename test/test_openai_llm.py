@@ -20,7 +20,10 @@ from smolfusion_ros.backends.llm.base import GenerationSettings, LLMBackendError
 from smolfusion_ros.backends.llm.openai_backend import OpenAIChatBackend
 from smolfusion_ros.backends.registry import create_llm_backend
 
-pytestmark = pytest.mark.model
+# The first test that starts a server may build llama-server (about 15 minutes on 2 idle cores,
+# once; cached afterwards): pytest-timeout counts the fixture's setup against that test.
+BUILD_TIMEOUT_S = 3600
+pytestmark = [pytest.mark.model, pytest.mark.timeout(BUILD_TIMEOUT_S)]
 
 GREEDY = GenerationSettings(max_tokens=24, temperature=0.0, seed=1)
 QUESTION = [

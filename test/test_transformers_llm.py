@@ -17,7 +17,9 @@ from smolfusion_ros.backends.registry import create_llm_backend
 pytest.importorskip("transformers")
 pytest.importorskip("gguf", reason="transformers' GGUF loader needs the gguf package")
 
-pytestmark = pytest.mark.model
+# Loading the GGUF through transformers parses it three times in pure Python (tokenizer,
+# config, weights): 1-3 minutes on 2 cores, counted against the first test.
+pytestmark = [pytest.mark.model, pytest.mark.timeout(900)]
 
 GREEDY = GenerationSettings(max_tokens=12, temperature=0.0, repeat_penalty=1.0)
 QUESTION = [
