@@ -14,7 +14,8 @@ the gateway's POST /chat as a user's would (greedy decoding). Categories:
 * rules     - configured intents (the reply must be exactly the rules file's answer, source=rule)
               and sentences containing a rule's keywords in another sense (source=llm).
 
-Scored automatically (keywords or numbers in the reply, case-insensitive; exact rule text). The
+Scored automatically (whole-word keywords or numbers in the reply, case-insensitive, and
+none of the item's `none` words; exact rule text). The
 figures measure the models with this package's prompts and context, on this set only.
 
     .venv/bin/python bench/eval_dialogue.py                       # cpu_demo and cpu_quality
@@ -50,8 +51,14 @@ def start(module: str, namespace: str, params_file: Path, params: list[str], env
     )
 
 
+def contains(reply: str, keyword: str) -> bool:
+    """Whole-word match ("no" is not found in "not" or "know"), case-insensitive."""
+    keyword = keyword.lower().strip()
+    return re.search(rf"(?<![a-z0-9]){re.escape(keyword)}(?![a-z0-9])", reply) is not None
+
+
 def score(item: dict, answer: dict, expected_rule: str = "") -> bool:
-    reply = answer.get("reply", "").lower()
+    reply = answer.get("reply", "").lower().replace("\u2019", "'")
     if not answer.get("success"):
         return False
     if "rule" in item:
@@ -60,11 +67,11 @@ def score(item: dict, answer: dict, expected_rule: str = "") -> bool:
         return answer["source"] == "llm"
     ok = True
     if "any" in item:
-        ok &= any(k.lower() in reply for k in item["any"])
+        ok &= any(contains(reply, k) for k in item["any"])
     if "all" in item:
-        ok &= all(k.lower() in reply for k in item["all"])
+        ok &= all(contains(reply, k) for k in item["all"])
     if "none" in item:
-        ok &= not any(k.lower() in reply for k in item["none"])
+        ok &= not any(contains(reply, k) for k in item["none"])
     return ok
 
 

@@ -46,7 +46,12 @@ class Graph:
             self.namespace,
             params={"database_path": str(memory_db)},
         )
-        self.start_knowledge_and_gateway()
+        self.knowledge = self.gateway = None
+        try:
+            self.start_knowledge_and_gateway()
+        except BaseException:
+            self.stop()  # no process outlives a failed start
+            raise
 
     def start_knowledge_and_gateway(self) -> None:
         self.knowledge = NodeProcess(
@@ -65,7 +70,8 @@ class Graph:
 
     def stop(self) -> None:
         for process in (self.gateway, self.knowledge, self.memory, self.fusion):
-            process.stop()
+            if process is not None:
+                process.stop()
 
 
 @pytest.fixture(scope="module")

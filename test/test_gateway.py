@@ -61,13 +61,15 @@ def graph(module_ros_node, tmp_path_factory):
     gateway = NodeProcess(GATEWAY, namespace, params={"port": 0, "max_upload_mb": UPLOAD_MB})
     processes.append(gateway)
     camera = FramePublisher(module_ros_node, f"{namespace}/image_raw", photo("astronaut.png"))
-    http = Http(gateway_port(gateway))
-    ready = wait_for(lambda: http.get("/health").status == 200, 120, 0.5)
-    assert ready, gateway.log[-2000:] + processes[1].log[-2000:]
-    yield {"http": http, "gateway": gateway, "ns": namespace, "work": work, "procs": processes}
-    camera.stop()
-    for process in processes:
-        process.stop()
+    try:
+        http = Http(gateway_port(gateway))
+        ready = wait_for(lambda: http.get("/health").status == 200, 120, 0.5)
+        assert ready, gateway.log[-2000:] + processes[1].log[-2000:]
+        yield {"http": http, "gateway": gateway, "ns": namespace, "work": work, "procs": processes}
+    finally:
+        camera.stop()
+        for process in processes:
+            process.stop()
 
 
 def test_health_names_nodes_models_and_queue(graph):
