@@ -68,7 +68,7 @@ def _run_launch_file(monkeypatch, **arguments) -> list:
         for a in description.args[0]
         if type(a).__name__ == "DeclareLaunchArgument"
     }
-    assert set(declared) == {"profile", "namespace", "params_file"}
+    assert set(declared) == {"profile", "namespace", "params_file", "llm_url", "vlm_url"}
     (opaque,) = [a for a in description.args[0] if type(a).__name__ == "OpaqueFunction"]
     return opaque.kwargs["function"](declared | arguments)
 

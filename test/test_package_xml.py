@@ -84,6 +84,9 @@ MODULE_SOURCES = {
     "uvicorn": "optional",
     "starlette": "optional",
     "pydantic": "optional",
+    # Remote back ends (llm.backend: openai, vision.backend: openai_vlm): the README's pip line
+    "httpx2": "optional",
+    "httpx": "optional",  # the same API, used where only httpx is installed
 }
 
 
