@@ -109,4 +109,9 @@ fi
 AMENT_PREFIX_PATH="$VENV" cmake --build "$BUILD" -j"$(nproc)" >"$BUILD.build.log" 2>&1 \
   || { tail -50 "$BUILD.build.log"; exit 1; }
 cmake --install "$BUILD" >"$BUILD.install.log" 2>&1 || { tail -50 "$BUILD.install.log"; exit 1; }
+# The fleet tests start a real llama-server: build it now (once, about 10-15 minutes on 2
+# cores; cached under ~/.cache/smolfusion_ros/test-assets), not inside a test's time limit.
+if [ "$WITH_DEV" = "--dev" ]; then
+  PYTHON="$PY" "$ROOT/scripts/build_llama_server.sh" >/dev/null
+fi
 log "ready: $VENV"
