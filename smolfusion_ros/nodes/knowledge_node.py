@@ -261,7 +261,12 @@ class KnowledgeNode(Node):
             self._ready.wait()
             return self.kb.search(persona, request.query, top_k=top_k, mode=mode)
 
-        hits = self._run_off_executor(job)
+        # An empty knowledge base answers at once, also while the embedding model loads
+        # (fusion_node asks on every question, with a short timeout).
+        if not request.query.strip() or self.kb.chunk_count(persona) > 0:
+            hits = self._run_off_executor(job)
+        else:
+            hits = []
         self._stats["searches"] += 1
         for hit in hits:
             response.ids.append(f"{hit.document}#{hit.seq}")
