@@ -73,7 +73,15 @@ def graph(module_ros_node, tmp_path_factory):
 
 
 def test_health_names_nodes_models_and_queue(graph):
-    health = graph["http"].get("/health").json()
+    http = graph["http"]
+
+    def complete() -> bool:  # each node's first /diagnostics may come a moment after ready
+        health = http.get("/health").json()
+        nodes = {"fusion_node", "memory_node", "knowledge_node"}
+        return nodes <= set(health["nodes"]) and all(health["services"].values())
+
+    assert wait_for(complete, 30, 0.5), http.get("/health").json()
+    health = http.get("/health").json()
     assert health["ready"] and health["fusion_state"] == "ready"
     assert "SmolLM2" in health["llm_model"]
     assert health["queue_depth"] == 0
