@@ -555,6 +555,10 @@ class ChatEngine:
         ):
             return prefilled[2], bool(prefilled[2])
         text = self._vision.scene_text()
+        if not text:
+            # Vision is configured but nothing fresh was seen: say so explicitly, or the model
+            # answers "Yes, I can see you" from nothing (measured with Qwen2.5-1.5B).
+            return self._no_sight("no recent camera frame"), False
         return text, bool(text)
 
     # ------------------------------------------------------------------ answers
