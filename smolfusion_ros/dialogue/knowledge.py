@@ -33,8 +33,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from smolfusion_ros.dialogue.documents import (
 )
 from smolfusion_ros.dialogue.embedding import Embedder, MiniLMEmbedder
 from smolfusion_ros.dialogue.persona_store import validate_persona_id
+from smolfusion_ros.memory.sqlite import immediate_transaction
 from smolfusion_ros.paths import ros_home
 
 SCHEMA_VERSION = 1
@@ -259,7 +259,7 @@ class KnowledgeBase:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
             self.db.execute("PRAGMA busy_timeout=10000")
-            with self._lock, self._write_transaction():
+            with self._lock, immediate_transaction(self.db):
                 for statement in _SCHEMA:
                     self.db.execute(statement)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -271,17 +271,6 @@ class KnowledgeBase:
     def close(self) -> None:
         with self._lock:
             self.db.conn.close()
-
-    @contextmanager
-    def _write_transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE: take the write lock up front (see memory/store.py)."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     # ------------------------------------------------------------------ ingest
     def ingest_file(
@@ -392,7 +381,7 @@ class KnowledgeBase:
         }
         with self._lock:
             try:
-                with self._write_transaction():
+                with immediate_transaction(self.db):
                     self._delete_document_rows(persona_id, document.name)
                     doc_id = self.db["documents"].insert(record).last_pk
                     self.db.conn.executemany(
@@ -424,7 +413,7 @@ class KnowledgeBase:
             if rows and rows[0]["value"] != self._model_tag():
                 empty = not self.db.execute("SELECT 1 FROM chunks LIMIT 1").fetchall()
                 if empty:  # nothing stored any more: the new model may take over
-                    with self._write_transaction():
+                    with immediate_transaction(self.db):
                         self.db.execute("DELETE FROM meta WHERE key = 'embedding_model'")
                     return
         if rows and rows[0]["value"] != self._model_tag():
@@ -464,7 +453,7 @@ class KnowledgeBase:
         except DocumentError as exc:
             raise KnowledgeError(str(exc)) from None
         with self._lock:
-            with self._write_transaction():
+            with immediate_transaction(self.db):
                 deleted = self._delete_document_rows(persona_id, name)
             self._matrices.pop(persona_id, None)
         if deleted is None:
@@ -475,7 +464,7 @@ class KnowledgeBase:
         """Delete every document of a persona; returns how many there were."""
         persona_id = self._persona(persona_id)
         with self._lock:
-            with self._write_transaction():
+            with immediate_transaction(self.db):
                 self.db.execute("DELETE FROM chunks WHERE persona = ?", [persona_id])
                 count = self.db.execute(
                     "DELETE FROM documents WHERE persona = ?", [persona_id]

@@ -19,14 +19,14 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
 
 from smolfusion_ros.core.personas import TRAIT_NAMES, Persona, PersonaBook, PersonaError
+from smolfusion_ros.memory.sqlite import immediate_transaction
 from smolfusion_ros.paths import ros_home
 
 PERSONA_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,39}$")
@@ -116,7 +116,7 @@ class PersonaStore:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute(f"PRAGMA synchronous={synchronous}")
             self.db.execute("PRAGMA busy_timeout=10000")
-            with self._lock, self._write_transaction():
+            with self._lock, immediate_transaction(self.db):
                 for statement in _SCHEMA:
                     self.db.execute(statement)
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -126,16 +126,6 @@ class PersonaStore:
     def close(self) -> None:
         with self._lock:
             self.db.conn.close()
-
-    @contextmanager
-    def _write_transaction(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     # ---------------------------------------------------------------- writes
     def create(
@@ -187,7 +177,7 @@ class PersonaStore:
         }
         with self._lock:
             try:
-                with self._write_transaction():
+                with immediate_transaction(self.db):
                     existing = list(
                         self.db.query("SELECT created FROM personas WHERE id = ?", [persona_id])
                     )
@@ -214,7 +204,7 @@ class PersonaStore:
             raise PersonaError(
                 f"persona {persona_id} is defined in config/personas.yaml and cannot be deleted"
             )
-        with self._lock, self._write_transaction():
+        with self._lock, immediate_transaction(self.db):
             return self.db.execute("DELETE FROM personas WHERE id = ?", [persona_id]).rowcount > 0
 
     # ----------------------------------------------------------------- reads

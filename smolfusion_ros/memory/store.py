@@ -12,12 +12,12 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from smolfusion_ros.core.requests import RequestRejected, validate_session_id
+from smolfusion_ros.memory.sqlite import immediate_transaction
 
 ROLES = ("user", "assistant", "system")
 # 2: turns.append_id (exactly-once appends); version-1 files gain the column when opened.
@@ -130,7 +130,7 @@ class MemoryStore:
 
     def _create_schema(self) -> None:
         # Under the write lock: fusion_node and memory_node may create a fresh file at once.
-        with self._write_transaction():
+        with immediate_transaction(self.db):
             for statement in _SCHEMA:
                 self.db.execute(statement)
             # Migration inside the same transaction: a second process opening a version-1
@@ -142,18 +142,6 @@ class MemoryStore:
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ writes
-    @contextmanager
-    def _write_transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE takes the write lock up front: a deferred transaction that upgrades
-        from read to write fails at once with "database is locked" when another process
-        wrote in between, instead of waiting for busy_timeout."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
 
     def append_turn(
         self,
@@ -203,7 +191,7 @@ class MemoryStore:
         }
         with self._lock:
             try:
-                with self._write_transaction():
+                with immediate_transaction(self.db):
                     if append_id:
                         # Under BEGIN IMMEDIATE: no other writer (thread or process) can
                         # insert the same id between this lookup and the insert below.
@@ -241,7 +229,7 @@ class MemoryStore:
     def clear_session(self, session_id: str) -> int:
         """Delete a session's turns and summary; returns the number of turns deleted."""
         session_id = validate_session_id(session_id)
-        with self._lock, self._write_transaction():
+        with self._lock, immediate_transaction(self.db):
             deleted = self.db.execute(
                 "DELETE FROM turns WHERE session_id = ?", [session_id]
             ).rowcount
