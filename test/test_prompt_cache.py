@@ -162,7 +162,10 @@ def test_a_request_preempts_a_running_prefill():
     engine = _engine()
     try:
         _ask(engine, QUESTIONS[0], "p")
-        long_text = "Please listen carefully. " + "I like trains and boats and planes. " * 80
+        # No trailing space: the request's text is stripped before it reaches the prompt.
+        long_text = (
+            "Please listen carefully. " + "I like trains and boats and planes. " * 80
+        ).strip()
         assert engine.prefill(ChatRequest(text=long_text, session_id="p", max_tokens=8))
         backend, deadline = engine.backend, time.monotonic() + 30
         while time.monotonic() < deadline and not (
