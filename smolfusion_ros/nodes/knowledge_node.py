@@ -135,6 +135,7 @@ class KnowledgeNode(Node):
         self._pending_lock = threading.Lock()
         self._ready = threading.Event()
         self._load_error = ""
+        self._closing = False  # set by close(): a load cut short by shutdown is no error
         self._stats = {"ingests": 0, "searches": 0, "errors": 0}
         self.max_waiting_calls = self._max_pending
 
@@ -171,6 +172,8 @@ class KnowledgeNode(Node):
             self._load_error = str(exc)
             self.get_logger().error(self._load_error)
         except Exception as exc:  # a broken install must not kill the node
+            if self._closing:  # the process is stopping under the loader (e.g. a short demo)
+                return
             self._load_error = f"embedding model failed to load: {exc}"
             self.get_logger().error(self._load_error)
         self._ready.set()
@@ -327,6 +330,7 @@ class KnowledgeNode(Node):
         )
 
     def close(self) -> None:
+        self._closing = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.kb.close()
         self.personas.close()
