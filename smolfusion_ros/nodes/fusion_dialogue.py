@@ -25,6 +25,7 @@ from smolfusion_ros.core.personas import PersonaBook, PersonaError
 from smolfusion_ros.dialogue.persona_store import PersonaStore
 from smolfusion_ros.dialogue.rules import RuleBook, RuleError, load_rules
 from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, between
+from smolfusion_ros.nodes.qos import PERSONA_EVENTS_QOS
 from smolfusion_ros.srv import SearchKnowledge
 
 # Longest knowledge text put into one prompt (characters): a few chunks, not a document.
@@ -99,7 +100,9 @@ class DialogueBridge:
         self.lookup_failures = 0
         self.last_lookup_s = 0.0
         self.on_personas_changed = None  # set by fusion_node: callback(PersonaBook)
-        node.create_subscription(String, "persona_events", self._on_persona_event, 10)
+        node.create_subscription(
+            String, "persona_events", self._on_persona_event, PERSONA_EVENTS_QOS
+        )
 
     def personas(self) -> PersonaBook:
         """Every persona: the YAML ones and the operator ones stored beside memory."""

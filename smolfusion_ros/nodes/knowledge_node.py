@@ -41,6 +41,7 @@ from smolfusion_ros.dialogue.persona_store import PersonaRecord, PersonaStore
 from smolfusion_ros.msg import KnowledgeProgress, PersonaInfo
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
 from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, between, declare_parameters
+from smolfusion_ros.nodes.qos import PERSONA_EVENTS_QOS
 from smolfusion_ros.nodes.runner import run_node
 from smolfusion_ros.srv import (
     ClearKnowledge,
@@ -140,7 +141,9 @@ class KnowledgeNode(Node):
         self.max_waiting_calls = self._max_pending
 
         self._progress = self.create_publisher(KnowledgeProgress, "knowledge_progress", 20)
-        self._persona_events = self.create_publisher(String, "persona_events", 10)
+        # Latched (transient local): a persona event published before fusion_node has matched
+        # this publisher (e.g. right after this node restarted) still reaches it.
+        self._persona_events = self.create_publisher(String, "persona_events", PERSONA_EVENTS_QOS)
         self._diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         group = ReentrantCallbackGroup()
         for srv_type, name, handler in (
