@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sqlite_utils
 
 from smolfusion_ros.dialogue.chunking import chunk_text
 from smolfusion_ros.dialogue.documents import (
@@ -50,7 +49,7 @@ from smolfusion_ros.dialogue.documents import (
 )
 from smolfusion_ros.dialogue.embedding import Embedder, MiniLMEmbedder
 from smolfusion_ros.dialogue.persona_store import validate_persona_id
-from smolfusion_ros.memory.sqlite import immediate_transaction
+from smolfusion_ros.memory.sqlite import immediate_transaction, open_database
 from smolfusion_ros.paths import ros_home
 
 SCHEMA_VERSION = 1
@@ -251,14 +250,7 @@ class KnowledgeBase:
         self._matrices: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._data_version = -1
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                str(self.path), check_same_thread=False, timeout=10.0, isolation_level=None
-            )
-            self.db = sqlite_utils.Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={synchronous}")
-            self.db.execute("PRAGMA busy_timeout=10000")
+            self.db = open_database(self.path, synchronous)
             with self._lock, immediate_transaction(self.db):
                 for statement in _SCHEMA:
                     self.db.execute(statement)

@@ -23,10 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from smolfusion_ros.core.personas import TRAIT_NAMES, Persona, PersonaBook, PersonaError
-from smolfusion_ros.memory.sqlite import immediate_transaction
+from smolfusion_ros.memory.sqlite import immediate_transaction, open_database
 from smolfusion_ros.paths import ros_home
 
 PERSONA_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,39}$")
@@ -108,14 +106,7 @@ class PersonaStore:
         self.max_name_chars = max_name_chars
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                str(self.path), check_same_thread=False, timeout=10.0, isolation_level=None
-            )
-            self.db = sqlite_utils.Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={synchronous}")
-            self.db.execute("PRAGMA busy_timeout=10000")
+            self.db = open_database(self.path, synchronous)
             with self._lock, immediate_transaction(self.db):
                 for statement in _SCHEMA:
                     self.db.execute(statement)

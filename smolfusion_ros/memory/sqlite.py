@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the stores import sqlite_utils when they open, so a missing one is one line
+if TYPE_CHECKING:  # sqlite_utils is imported when a store opens: a missing one is one line
+    from pathlib import Path
+
     import sqlite_utils
+
+
+def open_database(path: Path, synchronous: str) -> sqlite_utils.Database:
+    """Open (creating its folder) a store's SQLite file the one way every store does: WAL, the
+    given synchronous level, a 10 s busy timeout, autocommit (transactions are explicit), and
+    usable from any thread (each store serialises its own writes)."""
+    import sqlite_utils  # here, not at import: the stores report a missing one in one line
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=10.0, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
+    db.execute("PRAGMA busy_timeout=10000")
+    return db
 
 
 @contextmanager

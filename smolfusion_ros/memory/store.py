@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from smolfusion_ros.core.requests import RequestRejected, validate_session_id
-from smolfusion_ros.memory.sqlite import immediate_transaction
+from smolfusion_ros.memory.sqlite import immediate_transaction, open_database
 
 ROLES = ("user", "assistant", "system")
 # 2: turns.append_id (exactly-once appends); version-1 files gain the column when opened.
@@ -114,16 +114,9 @@ class MemoryStore:
         self.path = Path(path).expanduser()
         self.max_turn_chars = max_turn_chars
         self._lock = threading.Lock()
-        sqlite_utils = _import_sqlite_utils()
+        _import_sqlite_utils()  # a missing sqlite-utils: one error naming the pip package
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                str(self.path), check_same_thread=False, timeout=10.0, isolation_level=None
-            )
-            self.db = sqlite_utils.Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={synchronous}")
-            self.db.execute("PRAGMA busy_timeout=10000")
+            self.db = open_database(self.path, synchronous)
             self._create_schema()
         except (OSError, sqlite3.Error) as exc:
             raise MemoryStoreError(f"cannot open memory database {self.path}: {exc}") from None
