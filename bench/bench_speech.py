@@ -42,6 +42,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 99)))
@@ -52,6 +53,10 @@ from smolfusion_ros import paths  # noqa: E402
 from smolfusion_ros.backends import registry  # noqa: E402
 from smolfusion_ros.io.audio import int16_to_float32, resample, speech_bounds  # noqa: E402
 from smolfusion_ros.nodes.dds import use_large_frame_transport  # noqa: E402
+
+# The word error rate exactly as the speech tests score it.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
+from speech_samples import normalise, word_errors  # noqa: E402
 
 RATE = 16000
 CHUNK = RATE // 10
@@ -118,24 +123,6 @@ def with_noise(audio: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
     return np.clip(x + noise, -32768, 32767).astype(np.int16)
 
 
-def words(text: str) -> list[str]:
-    import re
-
-    return re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
-
-
-def word_errors(reference: list[str], hypothesis: list[str]) -> int:
-    row = list(range(len(hypothesis) + 1))
-    for i, ref_word in enumerate(reference, 1):
-        previous, row[0] = row[0], i
-        for j, hyp_word in enumerate(hypothesis, 1):
-            previous, row[j] = (
-                row[j],
-                min(row[j] + 1, row[j - 1] + 1, previous + (ref_word != hyp_word)),
-            )
-    return row[-1]
-
-
 # ---- 1. WER over voices ---------------------------------------------------------------------
 
 
@@ -196,7 +183,7 @@ def wer_part(specs: list[str], sentences: int) -> None:
             result = stt.transcribe(int16_to_float32(clip.audio), final=True)
             compute += result.compute_s
             audio_s += result.audio_s
-            errors = word_errors(words(clip.text), words(result.text))
+            errors = word_errors(normalise(clip.text), normalise(result.text))
             for key in (
                 clip.voice,
                 f"{clip.speed} wpm",
@@ -205,7 +192,7 @@ def wer_part(specs: list[str], sentences: int) -> None:
             ):
                 row = rows.setdefault(key, [0, 0])
                 row[0] += errors
-                row[1] += len(words(clip.text))
+                row[1] += len(normalise(clip.text))
         stt.close()
         rtf = compute / audio_s
         overall = rows["overall"][0] / rows["overall"][1]
@@ -409,8 +396,8 @@ def latency_part(reps: int) -> None:
                     (
                         final_at - run["end"],
                         answered[0] - run["end"],
-                        word_errors(words(LATENCY_SENTENCES[k]), words(final.text)),
-                        len(words(LATENCY_SENTENCES[k])),
+                        word_errors(normalise(LATENCY_SENTENCES[k]), normalise(final.text)),
+                        len(normalise(LATENCY_SENTENCES[k])),
                     )
                 )
         print(
