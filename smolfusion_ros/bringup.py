@@ -146,6 +146,22 @@ class Console:
                 self.ask(line)
 
 
+def _announce_console(nodes, timeout_s: float = 120.0) -> None:
+    """Print the web console's address once the models have loaded: llama.cpp silences the
+    process's stdout and stderr while it loads, and a line printed then is lost."""
+    from smolfusion_ros.core.chat_engine import EngineState
+
+    engines = [node.engine for node in nodes if hasattr(node, "engine")]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(e.state is EngineState.LOADING for e in engines):
+        time.sleep(0.05)
+    for node in nodes:
+        if getattr(node, "url", ""):  # gateway_node
+            print(
+                f"[smolfusion_ros] web console: {node.url} (API docs: {node.url}docs)", flush=True
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="cpu_demo", help="profile from config/profiles.yaml")
@@ -179,11 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     nodes = create_nodes([factories[name] for name in profile.nodes])
     if nodes is None:
         return 2
-    for node in nodes:
-        if getattr(node, "url", ""):  # gateway_node
-            print(
-                f"[smolfusion_ros] web console: {node.url} (API docs: {node.url}docs)", flush=True
-            )
+    threading.Thread(target=_announce_console, args=(nodes,), daemon=True).start()
     executor = create_executor(nodes)
     if args.no_console:
         spin_until_shutdown(executor, nodes)
