@@ -107,10 +107,36 @@ class SmolFusionClient:
         )
 
     def wait_for_servers(self, timeout: float = 30.0) -> None:
+        """Wait until the chat service and the converse action are up and replies arrive."""
+        deadline = time.monotonic() + timeout
         if not self._chat.wait_for_service(timeout_sec=timeout):
             raise ClientError(f"chat service not available after {timeout} s")
-        if not self._converse.wait_for_server(timeout_sec=timeout):
+        if not self._converse.wait_for_server(timeout_sec=max(0.0, deadline - time.monotonic())):
             raise ClientError(f"converse action not available after {timeout} s")
+        self._confirm_replies_arrive(deadline)
+
+    def _confirm_replies_arrive(self, deadline: float) -> None:
+        """Ask until one answer comes back.
+
+        The service is "available" once this client has matched the server, but the server
+        may not have matched this client's reply reader yet: rmw_fastrtps then waits 100 ms and
+        drops the reply ("client will not receive response"), and on a loaded machine a caller
+        whose first request was answered at once (busy, still loading) waited out its whole
+        timeout (seen in CI). An empty request is refused without touching the model, so it
+        is a free probe; once one reply has arrived, the path stays matched.
+        """
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                _wait_future(
+                    self._chat.call_async(Chat.Request(text="")),
+                    min(2.0, max(remaining, 0.1)),
+                    "chat",
+                )
+                return
+            except ClientError:
+                if time.monotonic() >= deadline:
+                    raise ClientError("chat service: no reply reaches this client") from None
 
     def wait_until_ready(self, timeout: float = 60.0, probe: str = "Hi") -> None:
         """Wait for the servers, then until a 1-token chat succeeds (the model has loaded)."""

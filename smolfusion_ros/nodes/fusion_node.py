@@ -20,6 +20,7 @@ and never waits for the vision model.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -87,9 +88,12 @@ REQUEST_QOS = QoSProfile(
 FEEDBACK_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 # A model that fails to load in the background stops the node (exit 2, one line) instead of
-# leaving it up and failing every chat; it reports ERROR on /diagnostics for this long first,
-# so monitors (and the launch log) see why before the node goes.
+# leaving it up and failing every chat. It reports ERROR on /diagnostics first, so monitors
+# (and the launch log) see why before the node goes: for at least the first delay, and, while
+# no subscriber has been discovered yet (a loaded machine: a monitor that subscribed before
+# the node started was missed in CI), up to the second.
 LOAD_FAILURE_EXIT_DELAY_S = 2.0
+LOAD_FAILURE_EXIT_MAX_DELAY_S = 8.0
 GGUF_MAGIC = b"GGUF"
 
 
@@ -456,11 +460,21 @@ class FusionNode(Node):
             f"configuration error: the language model {self.engine.backend.model_name} "
             f"failed to load: {detail}"
         )
-        timer = threading.Timer(
-            LOAD_FAILURE_EXIT_DELAY_S, request_exit, args=(CONFIG_ERROR_EXIT, message)
-        )
-        timer.daemon = True
-        timer.start()
+        threading.Thread(
+            target=self._exit_after_reporting, args=(message,), name="load-failure", daemon=True
+        ).start()
+
+    def _exit_after_reporting(self, message: str) -> None:
+        started = time.monotonic()
+        while time.monotonic() - started < LOAD_FAILURE_EXIT_MAX_DELAY_S:
+            heard = self._diag_pub.get_subscription_count() > 0
+            if heard and time.monotonic() - started >= LOAD_FAILURE_EXIT_DELAY_S:
+                break
+            time.sleep(0.1)
+        with contextlib.suppress(Exception):  # the context may be going down already
+            self._publish_diagnostics()
+        time.sleep(0.3)  # the last ERROR leaves before the node's entities go
+        request_exit(CONFIG_ERROR_EXIT, message)
 
     # ---------------------------------------------------------------- requests
     def _on_chat(self, request: Chat.Request, response: Chat.Response) -> Chat.Response:
