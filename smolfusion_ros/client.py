@@ -33,6 +33,16 @@ from smolfusion_ros.srv import Chat
 CLIENT_QOS = QoSProfile(depth=256, reliability=ReliabilityPolicy.RELIABLE)
 
 
+class _ActionClient(ActionClient):
+    """rclpy's ActionClient adds itself to the node before it creates its lock, so an executor
+    already spinning that node (a behaviour tree's, a test's) could touch the missing lock and
+    its spin thread died with AttributeError (seen in CI). The lock exists before that here."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+
 class ClientError(RuntimeError):
     """The fusion node could not be reached or did not answer in time."""
 
@@ -97,7 +107,7 @@ class SmolFusionClient:
         self.node = node
         prefix = f"{namespace.rstrip('/')}/" if namespace else ""
         self._chat = node.create_client(Chat, f"{prefix}chat", qos_profile=CLIENT_QOS)
-        self._converse = ActionClient(
+        self._converse = _ActionClient(
             node,
             Converse,
             f"{prefix}converse",
