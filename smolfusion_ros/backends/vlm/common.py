@@ -63,27 +63,44 @@ def vision_messages(
     return messages
 
 
-def vlm_result(
-    backend: Any,
-    text: str,
-    start: float,
-    tokens: int,
-    ttft: float | None,
-    cancelled: bool,
-    **details: Any,
-) -> VisionResult:
-    """A VLM's VisionResult: latency from `start` (time.monotonic()), token count, first-token
-    time and whether it was cancelled, plus back-end specific `details`."""
-    return VisionResult(
-        text=text.strip(),
-        kind=backend.kind,
-        model=backend.model_name,
-        latency_s=time.monotonic() - start,
-        details={
-            "backend": backend.name,
-            **details,
-            "tokens": tokens,
-            "ttft_s": ttft,
-            "cancelled": cancelled,
-        },
-    )
+class AnswerCollector:
+    """The per-token bookkeeping of every VLM back end: the text so far, the token count, the
+    first-token time and the caller's `on_token`, timed from when the request was taken."""
+
+    def __init__(self, backend: Any, max_tokens: int, on_token: TokenCallback | None) -> None:
+        if max_tokens < 1:
+            raise VisionBackendError(f"max_tokens must be at least 1, got {max_tokens}")
+        self._backend = backend
+        self._on_token = on_token
+        self.start = time.monotonic()
+        self.pieces: list[str] = []
+        self.tokens = 0
+        self.ttft: float | None = None
+
+    def add(self, piece: str, tokens: int = 1) -> None:
+        """One streamed piece of text (`tokens` tokens of it); empty pieces are skipped."""
+        if not piece:
+            return
+        if self.ttft is None:
+            self.ttft = time.monotonic() - self.start
+        self.tokens += tokens
+        self.pieces.append(piece)
+        if self._on_token is not None:
+            self._on_token(piece)
+
+    def result(self, cancelled: bool, tokens: int | None = None, **details: Any) -> VisionResult:
+        """The VisionResult, timed from the request; `tokens` overrides the count when the back
+        end knows it better; `details` are back-end specific."""
+        return VisionResult(
+            text="".join(self.pieces).strip(),
+            kind=self._backend.kind,
+            model=self._backend.model_name,
+            latency_s=time.monotonic() - self.start,
+            details={
+                "backend": self._backend.name,
+                **details,
+                "tokens": self.tokens if tokens is None else tokens,
+                "ttft_s": self.ttft,
+                "cancelled": cancelled,
+            },
+        )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,10 @@ import numpy as np
 from smolfusion_ros.backends.vlm.base import VisionBackendError, VisionResult
 from smolfusion_ros.backends.vlm.common import (
     DEFAULT_PROMPT,
+    AnswerCollector,
     TokenCallback,
     image_data_uri,
     vision_messages,
-    vlm_result,
 )
 
 
@@ -133,18 +132,13 @@ class LlamaCppVisionBackend:
         """
         if self._llm is None:
             raise VisionBackendError("VLM is not loaded")
-        if max_tokens < 1:
-            raise VisionBackendError(f"max_tokens must be at least 1, got {max_tokens}")
+        answer = AnswerCollector(self, max_tokens, on_token)
         uri = image_data_uri(image_rgb, self._image_format)
         messages = vision_messages(uri, prompt.strip() or self._default_prompt, self._system_prompt)
-        start = time.monotonic()
-        pieces: list[str] = []
-        ttft = None
-        tokens = 0
         cancelled = cancel.is_set()
         with self._lock:
             if cancelled:
-                return vlm_result(self, "", start, 0, None, True)
+                return answer.result(True)
             seed = self.seed if self.seed >= 0 else random.getrandbits(31)
             try:
                 stream = self._llm.create_chat_completion(
@@ -162,21 +156,13 @@ class LlamaCppVisionBackend:
                         if cancel.is_set():
                             cancelled = True
                             break
-                        delta = chunk["choices"][0]["delta"].get("content")
-                        if not delta:
-                            continue
-                        tokens += 1
-                        if ttft is None:
-                            ttft = time.monotonic() - start
-                        pieces.append(delta)
-                        if on_token is not None:
-                            on_token(delta)
+                        answer.add(chunk["choices"][0]["delta"].get("content") or "")
                 finally:
                     # Closing the generator ends llama.cpp's sampling loop at once.
                     stream.close()
             except ValueError as exc:  # llama-cpp-python reports prompt/image errors so
                 raise VisionBackendError(f"llama.cpp VLM failed: {exc}") from exc
-        return vlm_result(self, "".join(pieces), start, tokens, ttft, cancelled)
+        return answer.result(cancelled)
 
     def close(self) -> None:
         with self._lock:

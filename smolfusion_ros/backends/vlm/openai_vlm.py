@@ -10,7 +10,6 @@ generating). HTTP, errors and the event stream are shared with the LLM back end
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 import numpy as np
@@ -19,10 +18,10 @@ from smolfusion_ros.backends.openai_http import OpenAIEndpoint, delta_text
 from smolfusion_ros.backends.vlm.base import VisionBackendError, VisionResult
 from smolfusion_ros.backends.vlm.common import (
     DEFAULT_PROMPT,
+    AnswerCollector,
     TokenCallback,
     image_data_uri,
     vision_messages,
-    vlm_result,
 )
 
 
@@ -108,8 +107,7 @@ class OpenAIVisionBackend:
         on_token: TokenCallback | None = None,
     ) -> VisionResult:
         """Answer `prompt` about the image; stops reading (and closes) once `cancel` is set."""
-        if max_tokens < 1:
-            raise VisionBackendError(f"max_tokens must be at least 1, got {max_tokens}")
+        answer = AnswerCollector(self, max_tokens, on_token)
         if self._check_on_load and not self._listed and not self._model:
             self._list_models()  # the server was down at load
         uri = image_data_uri(image_rgb, self._image_format)
@@ -125,38 +123,22 @@ class OpenAIVisionBackend:
         }
         if self.seed >= 0:
             body["seed"] = self.seed
-        start = time.monotonic()
         if cancel.is_set():
-            return vlm_result(self, "", start, 0, None, True)
-        pieces: list[str] = []
-        tokens = 0
-        ttft = None
+            return answer.result(True)
         with self._lock:
             if self._stream:
                 for event in self._http.stream_events("/chat/completions", body, cancel):
-                    delta = delta_text(event)
-                    if not delta:
-                        continue
-                    tokens += 1
-                    if ttft is None:
-                        ttft = time.monotonic() - start
-                    pieces.append(delta)
-                    if on_token is not None:
-                        on_token(delta)
+                    answer.add(delta_text(event))
             else:
-                answer = self._http.request_json("POST", "/chat/completions", body)
-                if not isinstance(answer, dict) or not answer.get("choices"):
+                reply = self._http.request_json("POST", "/chat/completions", body)
+                if not isinstance(reply, dict) or not reply.get("choices"):
                     raise VisionBackendError(
                         f"VLM server {self._http.base_url}/chat/completions sent no choices: "
-                        f"{str(answer)[:200]}"
+                        f"{str(reply)[:200]}"
                     )
-                text = delta_text(answer, "message")
-                pieces.append(text)
-                tokens = int((answer.get("usage") or {}).get("completion_tokens", 0) or 0)
-                ttft = time.monotonic() - start
-                if on_token is not None and text:
-                    on_token(text)
-        return vlm_result(self, "".join(pieces), start, tokens, ttft, cancel.is_set())
+                usage = int((reply.get("usage") or {}).get("completion_tokens", 0) or 0)
+                answer.add(delta_text(reply, "message"), tokens=usage)
+        return answer.result(cancel.is_set())
 
     def close(self) -> None:
         self._http.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,9 @@ from smolfusion_ros.backends.transformers_common import (
 from smolfusion_ros.backends.vlm.base import VisionBackendError, VisionResult
 from smolfusion_ros.backends.vlm.common import (
     DEFAULT_PROMPT,
+    AnswerCollector,
     TokenCallback,
     check_image,
-    vlm_result,
 )
 
 
@@ -134,8 +133,7 @@ class TransformersVisionBackend:
         """
         if self._model is None:
             raise VisionBackendError("VLM is not loaded")
-        if max_tokens < 1:
-            raise VisionBackendError(f"max_tokens must be at least 1, got {max_tokens}")
+        answer = AnswerCollector(self, max_tokens, on_token)
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         torch = self._torch
@@ -154,9 +152,8 @@ class TransformersVisionBackend:
                 ],
             }
         )
-        start = time.monotonic()
         if cancel.is_set():
-            return vlm_result(self, "", start, 0, None, True, device=self.device)
+            return answer.result(True, device=self.device)
 
         text = self._processor.apply_chat_template(messages, add_generation_prompt=True)
         inputs = self._processor(text=[text], images=[[image]], return_tensors="pt")
@@ -174,16 +171,6 @@ class TransformersVisionBackend:
                     return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
-        pieces: list[str] = []
-        first_piece_at: list[float] = []
-
-        def on_text(piece: str) -> None:
-            if not first_piece_at:
-                first_piece_at.append(time.monotonic() - start)
-            pieces.append(piece)
-            if on_token is not None:
-                on_token(piece)
-
         do_sample = self.temperature > 0
         generate_kwargs: dict[str, Any] = dict(
             inputs,
@@ -191,7 +178,8 @@ class TransformersVisionBackend:
             do_sample=do_sample,
             repetition_penalty=self.repetition_penalty,
             stopping_criteria=StoppingCriteriaList([_Cancel()]),
-            streamer=InPlaceStreamer(self._processor.tokenizer, on_text),
+            # The count comes from the stopping criterion: a streamed piece may hold several tokens.
+            streamer=InPlaceStreamer(self._processor.tokenizer, lambda p: answer.add(p, 0)),
         )
         if do_sample:
             generate_kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
@@ -206,11 +194,8 @@ class TransformersVisionBackend:
                     self._model.generate(**generate_kwargs)
             except Exception as exc:
                 raise VisionBackendError(f"transformers VLM failed: {exc}") from exc
-        ttft = first_piece_at[0] if first_piece_at else None
         cancelled = state["cancelled"] or cancel.is_set()
-        return vlm_result(
-            self, "".join(pieces), start, state["tokens"], ttft, cancelled, device=self.device
-        )
+        return answer.result(cancelled, tokens=state["tokens"], device=self.device)
 
     def close(self) -> None:
         with self._lock:
