@@ -166,7 +166,10 @@ def percentile(values: list[float], q: float) -> float:
 def shared(n: int, binary, model: str, cores: int, opts) -> dict:
     from llama_server import LlamaServer
 
-    server = LlamaServer(binary, Path(model), parallel=n, ctx_per_slot=opts.ctx, threads=cores)
+    extra = ("--poll", str(opts.poll)) if opts.poll >= 0 else ()
+    server = LlamaServer(
+        binary, Path(model), parallel=n, ctx_per_slot=opts.ctx, threads=cores, extra=extra
+    )
     server.start()
     try:
         return run_robots(n, server.base_url, model, cores, opts)
@@ -194,6 +197,13 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--ctx", type=int, default=1024, help="context per robot / slot")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--poll",
+        type=int,
+        default=-1,
+        help="llama-server --poll level (0-100; llama.cpp busy-waits at 50 by default, which "
+        "starves clients that share the server's cores); -1 = llama.cpp's default",
+    )
     # robot worker mode (internal)
     parser.add_argument("--robot-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--robot", type=int, default=0, help=argparse.SUPPRESS)
@@ -210,7 +220,11 @@ def main() -> None:
     binary = llama_server_binary()
     model = str(smollm2_path())
     cores = opts.cores
-    print(f"model {Path(model).name}; {cores} cores; load before: {os.getloadavg()[0]:.2f}")
+    poll = "default" if opts.poll < 0 else str(opts.poll)
+    print(
+        f"model {Path(model).name}; {cores} cores; llama-server --poll {poll}; "
+        f"load before: {os.getloadavg()[0]:.2f}"
+    )
     print(
         f"{opts.chats} questions per robot, {opts.max_tokens} tokens max, greedy; "
         f"{opts.reps} repetitions, order alternating\n"
