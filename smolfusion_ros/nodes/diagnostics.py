@@ -14,7 +14,17 @@ def diagnostic_array(
     hardware_id: str,
     values: dict[str, object],
 ) -> DiagnosticArray:
-    """A DiagnosticArray with one status named '<node's full name>: <component>'."""
+    """A DiagnosticArray with one status named '<node's full name>: <component>'.
+
+    A managed node's status also carries its lifecycle state ("lifecycle" value), and the
+    message says so when the node is not active, so a monitor tells a node that was
+    deactivated on purpose from one that is working.
+    """
+    state = getattr(node, "lifecycle_state", None)
+    if isinstance(state, str):
+        values = {**values, "lifecycle": state}
+        if state != "active":
+            message = f"{state}: {message}" if message else state
     status = DiagnosticStatus(
         level=level,
         name=f"{node.get_fully_qualified_name()}: {component}",

@@ -40,15 +40,29 @@ def one_of(*choices: str) -> Check:
 
 def declare_parameters(node: Node, specs: list[ParamSpec]) -> dict[str, Any]:
     """Declare every parameter with its description, read it once and validate it."""
-    values = {}
+    declare_parameter_specs(node, specs)
+    return read_parameters(node, specs)
+
+
+def declare_parameter_specs(node: Node, specs: list[ParamSpec]) -> None:
+    """Declare every parameter with its description (a value of the wrong type is a
+    ConfigError). Managed nodes declare in __init__ and read in configure (read_parameters),
+    so a value set while the node is unconfigured is used by the next configure."""
     for spec in specs:
         descriptor = ParameterDescriptor(description=spec.description)
         try:
-            value = node.declare_parameter(spec.name, spec.default, descriptor).value
+            node.declare_parameter(spec.name, spec.default, descriptor)
         except InvalidParameterTypeException as exc:
             raise ConfigError(
                 f"parameter {spec.name}: expected {type(spec.default).__name__} ({exc})"
             ) from None
+
+
+def read_parameters(node: Node, specs: list[ParamSpec]) -> dict[str, Any]:
+    """The current value of every (declared) parameter, validated: ConfigError when bad."""
+    values = {}
+    for spec in specs:
+        value = node.get_parameter(spec.name).value
         if spec.check is not None:
             problem = spec.check(value)
             if problem:

@@ -26,6 +26,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from smolfusion_ros.nodes.dds import use_large_frame_transport
+from smolfusion_ros.nodes.managed import autostart
 from smolfusion_ros.nodes.parameters import ConfigError
 
 # The executor's thread pool never has fewer threads than this. Waiting service calls and
@@ -93,15 +94,22 @@ def install_signal_handlers() -> None:
 
 
 def create_nodes(factories: Sequence[Callable[[], Node]]) -> list[Node] | None:
-    """Build the nodes in an initialised rclpy context.
+    """Build the nodes in an initialised rclpy context and bring managed nodes with
+    autostart=true to active.
 
-    On a configuration error, print one clear line (not a traceback: the operator fixes a
-    parameter or installs a model), destroy what was built, shut rclpy down, return None.
+    On a configuration error (at construction or in an autostarted configure), print one
+    clear line (not a traceback: the operator fixes a parameter or installs a model), destroy
+    what was built, shut rclpy down, return None.
     """
     nodes: list[Node] = []
     try:
         for factory in factories:
             nodes.append(factory())
+        # Managed nodes with autostart=true go to active now, before anything spins (the
+        # bringup and `ros2 launch` both get here): nav2's lifecycle manager, in-process.
+        problem = autostart(nodes)
+        if problem is not None:
+            raise ConfigError(problem)
     except ConfigError as exc:
         print(f"[smolfusion_ros] configuration error: {exc}", file=sys.stderr, flush=True)
         for node in nodes:
