@@ -42,7 +42,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 
-from smolfusion_ros.nodes.parameters import ConfigError
+from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec
 
 UNCONFIGURED = "unconfigured"
 INACTIVE = "inactive"
@@ -50,6 +50,14 @@ ACTIVE = "active"
 FINALIZED = "finalized"
 
 INACTIVE_ERROR = "node is inactive"
+
+AUTOSTART_DESCRIPTION = (
+    "configure and activate at start-up (true in the profiles; false leaves the node "
+    "unconfigured for a lifecycle manager or behaviour tree)"
+)
+# For a node's spec table (the profile test checks every YAML key against it); the base
+# declares it (read-only) before the node's own specs, and declare_parameter_specs skips it.
+AUTOSTART_SPEC = ParamSpec("autostart", False, AUTOSTART_DESCRIPTION)
 
 
 class ManagedNode(LifecycleNode):
@@ -60,11 +68,7 @@ class ManagedNode(LifecycleNode):
         self.autostart: bool = self.declare_parameter(
             "autostart",
             False,
-            ParameterDescriptor(
-                description="configure and activate at start-up (true in the profiles; false "
-                "leaves the node unconfigured for a lifecycle manager or behaviour tree)",
-                read_only=True,
-            ),
+            ParameterDescriptor(description=AUTOSTART_DESCRIPTION, read_only=True),
         ).value
         self._state = UNCONFIGURED
         self._active = threading.Event()

@@ -47,8 +47,11 @@ def declare_parameters(node: Node, specs: list[ParamSpec]) -> dict[str, Any]:
 def declare_parameter_specs(node: Node, specs: list[ParamSpec]) -> None:
     """Declare every parameter with its description (a value of the wrong type is a
     ConfigError). Managed nodes declare in __init__ and read in configure (read_parameters),
-    so a value set while the node is unconfigured is used by the next configure."""
+    so a value set while the node is unconfigured is used by the next configure. A name
+    already declared (managed.AUTOSTART_SPEC, declared by the base) is skipped."""
     for spec in specs:
+        if node.has_parameter(spec.name):
+            continue
         descriptor = ParameterDescriptor(description=spec.description)
         try:
             node.declare_parameter(spec.name, spec.default, descriptor)
