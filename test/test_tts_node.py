@@ -16,6 +16,7 @@ pytestmark = pytest.mark.ros
 TTS = "smolfusion_ros.nodes.tts_node"
 FIRST = "Hello there, my friend, I am very happy to see you here today."
 SECOND = "Goodbye now!"
+LONG = "This is a rather long sentence that takes the robot a few seconds to say out loud."
 
 
 class TTSHarness:
@@ -30,6 +31,7 @@ class TTSHarness:
         from smolfusion_ros.srv import Say
 
         self.node = node
+        self.namespace = namespace
         self.speaking: list[bool] = []
         self.audio: list[object] = []
         self._lock = threading.Lock()
@@ -41,7 +43,10 @@ class TTSHarness:
         self.chunks = node.create_publisher(ResponseChunk, f"{namespace}/response_stream", 100)
         node.create_subscription(Bool, f"{namespace}/robot_speaking", self._on_speaking, latched)
         node.create_subscription(AudioChunk, f"{namespace}/audio_out", self._on_audio, 10)
-        self.say_client = node.create_client(Say, f"{namespace}/say")
+        # Deep enough for a burst of calls (the default depth of 10 drops the rest).
+        self.say_client = node.create_client(
+            Say, f"{namespace}/say", qos_profile=QoSProfile(depth=100)
+        )
         self.stop_client = node.create_client(Trigger, f"{namespace}/tts_node/stop")
         self._say, self._trigger = Say, Trigger
 
@@ -183,28 +188,41 @@ def test_stop_drops_the_queue_and_the_rest_of_the_answer(tts):
     assert process.alive()
 
 
-def test_sentence_splitter_ends_sentences_and_cuts_long_ones():
-    from smolfusion_ros.nodes.tts_node import SentenceSplitter
+def test_waiting_say_calls_hold_no_executor_thread(tts, ros_node):
+    """More say calls wait than the node's executor has threads (16), and ~/stop still runs:
+    each waiting call is a suspended coroutine, not a blocked thread."""
+    from diagnostic_msgs.msg import DiagnosticArray
 
-    splitter = SentenceSplitter(max_chars=200)
-    out = []
-    for token in ["Hi", " there", ". How", " are you?", " Well…", " ok", "3.5 is", " fine"]:
-        out += splitter.feed(token)
-    assert out == ["Hi there.", "How are you?", "Well…"]
-    assert splitter.finish() == ["ok3.5 is fine"]
-    long_text = ", ".join(f"item number {n}" for n in range(40))
-    pieces = []
-    for i in range(0, len(long_text), 3):
-        pieces += splitter.feed(long_text[i : i + 3])
-    pieces += splitter.finish()
-    assert len(pieces) >= 3 and all(len(p) <= 215 for p in pieces)
-    assert all(p.endswith(",") for p in pieces[:-1])
-    assert " ".join(pieces) == long_text
+    process, harness, _out = tts(pace_output=True)  # each say takes as long as its audio
+    queued: list[str] = []
+    ros_node.create_subscription(
+        DiagnosticArray,
+        "/diagnostics",
+        lambda msg: queued.extend(
+            kv.value
+            for s in msg.status
+            if s.name.startswith(f"{harness.namespace}/")
+            for kv in s.values
+            if kv.key == "queued"
+        ),
+        10,
+    )
+    calls = 24
+    pending = [harness.say_async(f"Number {n}. {LONG}") for n in range(calls)]
+    # One is being spoken, the rest wait in the queue: all 24 calls were taken at once.
+    assert wait_for(lambda: queued[-1:] == [str(calls - 1)], 60), (queued[-5:], process.log)
+    response = harness.stop()
+    assert response.success and f"{calls - 1} queued" in response.message, response.message
+    assert wait_for(lambda: all(f.done() for f in pending), 20)
+    results = [f.result() for f in pending]
+    assert all(not r.success and r.error == "stopped" for r in results), [r.error for r in results]
+    assert harness.say("Still here.").success
+    assert process.alive()
 
 
 def _has_output_device() -> bool:
     try:
-        from smolfusion_ros.backends.tts.playback import AudioPlayer
+        from smolfusion_ros.io.audio_output import AudioPlayer
 
         return not AudioPlayer().unavailable
     except Exception:
