@@ -1,9 +1,20 @@
 """Latency of one answer through the fusion node versus llama-cpp-python called directly.
 
-Both paths run in ONE process run on the same machine, with the same GGUF model, the same
-messages (persona system prompt + one user question, no history), the same llama.cpp settings
-(n_ctx, n_threads, n_batch, top_p, top_k, repeat_penalty) and greedy decoding (temperature 0,
-fixed seed), so both produce the same tokens; the token counts are printed to show it.
+Both paths run in ONE run on the same machine, with the same GGUF model, the same llama.cpp
+settings (n_ctx, n_threads, n_batch, top_p, top_k, repeat_penalty), greedy decoding
+(temperature 0, fixed seed) and the SAME PROMPT, so both produce the same tokens, which the
+bench checks pair by pair.
+
+The same prompt: the node's prompt is the persona's system message plus one user message
+that carries the turn's context block in front of the question (core.prompt). For cpu_demo
+without a camera frame that block says "no camera image is available ..." (the engine's
+grounding, so the model does not invent a scene). The bench does not copy that logic: it asks
+the node once per question (a 1-token chat, before measuring) which scene text went into the
+prompt (Chat.scene_text), builds the direct messages with core.prompt.build_messages from
+that text and the persona's system prompt, and checks every measured ROS answer's
+scene_text, knowledge_ids and source again: a pair whose prompts could differ is reported as
+such, and the ratios are flagged as not comparable unless every pair answered the same
+prompt with identical text.
 
 Paths measured, all timed in this (client) process with time.monotonic():
 
@@ -15,8 +26,10 @@ Paths measured, all timed in this (client) process with time.monotonic():
                 own ttft_s / latency_s from the response are reported alongside).
 
 The node (``smolfusion_ros.nodes.fusion_node``) runs as a subprocess with
-``--params-file config/cpu_demo.yaml`` and the llm.* settings overridden to match the direct
-baseline, on an isolated ROS domain (random ROS_DOMAIN_ID, discovery limited to localhost).
+``--params-file config/cpu_demo.yaml`` (memory, the perception vision worker without frames,
+rules, knowledge lookup without a knowledge_node) and the llm.* settings overridden to match
+the direct baseline, on an isolated ROS domain (random ROS_DOMAIN_ID, discovery limited to
+localhost).
 
 Measurements are interleaved against drift. Each repetition answers two questions on both
 paths: question A direct and through the action, question B direct and through the service
@@ -51,10 +64,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))  # bench/_common.py, also under `python -P`
+from _common import CpuMonitor, load_text  # noqa: E402
+
 RESULTS_DIR = ROOT / "bench" / "results"
 PROMPTS = (
     "What is the capital of France?",
@@ -80,52 +96,12 @@ class Sample:
     server_ttft_s: float | None = None
     server_latency_s: float | None = None
     foreign_cpu: float = 0.0  # share of all CPUs used by other processes meanwhile (0..1)
-
-
-# ------------------------------------------------------------------- CPU monitor
-class CpuMonitor:
-    """How much of the machine processes other than the bench and its node are using.
-
-    On a 2-core machine llama.cpp's threads collapse when anything else runs (answers take
-    10-100x longer), so before each call the bench waits for a quiet machine, and every
-    sample records the foreign CPU share during it; disturbed samples are counted.
-    """
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-
-    def snapshot(self) -> tuple[int, int, int]:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        total = sum(fields[:8])  # user..steal; guest time is already inside user
-        busy = total - fields[3] - fields[4]  # minus idle and iowait
-        ours = 0
-        for pid in self.pids:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    stat = f.read().rsplit(")", 1)[1].split()
-                ours += int(stat[11]) + int(stat[12])  # utime + stime, all threads
-            except (OSError, IndexError):
-                pass
-        return total, busy, ours
-
-    @staticmethod
-    def foreign(before: tuple[int, int, int], after: tuple[int, int, int]) -> float:
-        total = after[0] - before[0]
-        if total <= 0:
-            return 0.0
-        return max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / total
-
-    def wait_quiet(self, threshold: float, timeout: float, window: float = 0.5) -> float:
-        """Wait until others use less than `threshold` of the CPUs; returns seconds waited."""
-        start = time.monotonic()
-        while True:
-            before = self.snapshot()
-            time.sleep(window)
-            if self.foreign(before, self.snapshot()) < threshold:
-                return time.monotonic() - start - window
-            if time.monotonic() - start > timeout:
-                return time.monotonic() - start
+    # What went into the prompt besides the question: the scene text of the context block
+    # (direct: the one the bench sent; ROS: the one the node reports it used), the knowledge
+    # chunks the node added and whether the LLM answered at all (source "llm", not a rule).
+    scene_text: str = ""
+    knowledge_ids: list[str] = field(default_factory=list)
+    source: str = "llm"
 
 
 # --------------------------------------------------------------------------- setup
@@ -228,7 +204,13 @@ def wait_for_node(client, proc: subprocess.Popen, log_path: Path, timeout: float
 
 # ---------------------------------------------------------------------- one answer
 def direct_answer(
-    llm, messages: list[dict], settings: dict, max_tokens: int, rep: int, prompt: str
+    llm,
+    messages: list[dict],
+    settings: dict,
+    max_tokens: int,
+    rep: int,
+    prompt: str,
+    scene_text: str,
 ) -> Sample:
     """What LlamaCppChatBackend.stream_chat does, timed from the call to the last delta."""
     parts: list[str] = []
@@ -262,6 +244,7 @@ def direct_answer(
         end - start,
         len(parts),
         "".join(parts).strip(),
+        scene_text=scene_text,
     )
 
 
@@ -289,6 +272,9 @@ def ros_action_answer(client, text: str, session_id: str, max_tokens: int, rep: 
         result.reply,
         result.ttft_s,
         result.latency_s,
+        scene_text=result.scene_text,
+        knowledge_ids=list(result.knowledge_ids),
+        source=result.source,
     )
 
 
@@ -308,6 +294,60 @@ def ros_service_answer(client, text: str, session_id: str, max_tokens: int, rep:
         response.reply,
         response.ttft_s,
         response.latency_s,
+        scene_text=response.scene_text,
+        knowledge_ids=list(response.knowledge_ids),
+        source=response.source,
+    )
+
+
+# ---------------------------------------------------------------- the same prompt
+def probe_contexts(client, prompts: tuple[str, ...]) -> dict[str, str]:
+    """The scene text the node puts into each question's context block, asked from the node.
+
+    A 1-token chat per question in a session of its own (so nothing accumulates in the
+    sessions measured later). The node reports the scene text it used (Chat.scene_text): for
+    cpu_demo without camera frames the engine's "no camera image is available" grounding.
+    Questions answered by a rule instead of the LLM, or given knowledge chunks (which the
+    response names by id only), cannot be reproduced directly: the bench stops with the reason.
+    """
+    contexts = {}
+    for i, prompt in enumerate(prompts):
+        response = client.chat(prompt, session_id=f"bench-probe-{i}", max_tokens=1, timeout=120.0)
+        if not response.success:
+            raise SystemExit(f"probe {prompt!r} failed: {response.error}")
+        if response.source != "llm":
+            raise SystemExit(f"{prompt!r} is answered by {response.source!r}, not the LLM")
+        if response.knowledge_ids:
+            raise SystemExit(
+                f"{prompt!r} got knowledge chunks {list(response.knowledge_ids)}: the direct "
+                "path cannot rebuild their text; run without a knowledge_node"
+            )
+        contexts[prompt] = response.scene_text
+    return contexts
+
+
+def direct_messages(llm, system_prompt: str, prompt: str, scene_text: str, max_tokens: int):
+    """The node's messages for a first turn, built by the node's own prompt module."""
+    from smolfusion_ros.core.prompt import build_messages
+
+    return build_messages(
+        system_prompt,
+        [],
+        prompt,
+        scene_text=scene_text,
+        context_size=llm.n_ctx(),
+        reserve_tokens=max_tokens,
+        count_tokens=lambda text: len(llm.tokenize(text.encode(), add_bos=False, special=True)),
+    )
+
+
+def same_prompt(direct: Sample, ros: Sample) -> bool:
+    """Did both paths evaluate the same messages? (persona + one context block + question)"""
+    return (
+        direct.prompt == ros.prompt
+        and ros.source == "llm"
+        and not ros.knowledge_ids
+        and ros.scene_text == direct.scene_text
     )
 
 
@@ -407,6 +447,8 @@ def main() -> int:
         f"max_tokens={args.max_tokens}, reps={args.reps} (+{args.warmup} warm-up), "
         f"ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, cpus={os.cpu_count()}"
     )
+    load_start = load_text()
+    print(load_start)
 
     proc = start_node(settings, yaml_path, env, log_path)
     llm = client = None
@@ -426,6 +468,9 @@ def main() -> int:
         client = SmolFusionClient()
         wait_for_node(client, proc, log_path)
         monitor = CpuMonitor([os.getpid(), proc.pid])
+        contexts = probe_contexts(client, PROMPTS)
+        for prompt, scene in contexts.items():
+            print(f"node's context for {prompt!r}: {scene!r}")
 
         for rep in range(args.warmup + args.reps):
             prompt_a = PROMPTS[(2 * rep) % len(PROMPTS)]
@@ -433,11 +478,9 @@ def main() -> int:
             label = rep - args.warmup  # negative = warm-up
 
             def direct(prompt: str, label: int = label) -> Sample:
-                messages = [
-                    {"role": "system", "content": system_prompt},
-                    {"role": "user", "content": prompt},
-                ]
-                return direct_answer(llm, messages, settings, args.max_tokens, label, prompt)
+                scene = contexts[prompt]
+                messages = direct_messages(llm, system_prompt, prompt, scene, args.max_tokens)
+                return direct_answer(llm, messages, settings, args.max_tokens, label, prompt, scene)
 
             def action(prompt: str, label: int = label, rep: int = rep) -> Sample:
                 return ros_action_answer(
@@ -497,6 +540,11 @@ def main() -> int:
     pairs = [*zip(direct_action, action, strict=True), *zip(direct_service, service, strict=True)]
     token_match = sum(d.tokens == r.tokens for d, r in pairs)
     text_match = sum(d.reply == r.reply for d, r in pairs)
+    prompt_match = sum(same_prompt(d, r) for d, r in pairs)
+    identical = sum(
+        same_prompt(d, r) and d.reply == r.reply and d.tokens == r.tokens for d, r in pairs
+    )
+    comparable = bool(pairs) and identical == len(pairs)
     # Per-pair ratios (same prompt, same repetition, back to back): robust against drift.
     paired = {
         "total_ratio": median(
@@ -527,12 +575,23 @@ def main() -> int:
     print(f"                   ROS action    : {[s.tokens for s in action]}")
     print(f"                   direct/service: {[s.tokens for s in direct_service]}")
     print(f"                   ROS service   : {[s.tokens for s in service]}")
-    print(f"same token count: {token_match}/{len(pairs)}, same text: {text_match}/{len(pairs)}")
+    print(
+        f"same prompt (scene text, no knowledge, LLM answer): {prompt_match}/{len(pairs)}; "
+        f"same token count: {token_match}/{len(pairs)}, same text: {text_match}/{len(pairs)}; "
+        f"identical answers to the same prompt: {identical}/{len(pairs)}"
+    )
+    if not comparable:
+        print(
+            "NOT COMPARABLE: some pairs did not answer the same prompt with the same tokens, so "
+            "the ratios below compare different work (see the samples in the JSON file)"
+        )
     print()
 
     def verdict(value: float | None, target: float) -> str:
         if value is None:
             return "n/a"
+        if not comparable:
+            return f"{value:.3f} (target <= {target:.2f}: not comparable, different work)"
         return f"{value:.3f} (target <= {target:.2f}: {'OK' if value <= target else 'ABOVE'})"
 
     print(f"total ros_service/direct : {verdict(ratios['total_ratio'], TOTAL_TARGET)}")
@@ -546,7 +605,8 @@ def main() -> int:
         f"samples disturbed by other processes (> {DISTURBED:.0%} of the CPUs): "
         f"{disturbed}/{len(measured)}; max foreign CPU "
         f"{max((s.foreign_cpu for s in measured), default=0.0):.0%}; "
-        f"waited {waited:.1f} s in total for a quiet machine"
+        f"waited {waited:.1f} s in total for a quiet machine; {load_text()} at the end "
+        f"({load_start} at the start)"
     )
 
     report = {
@@ -557,6 +617,7 @@ def main() -> int:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "load_avg": os.getloadavg(),
+            "load_at_start": load_start,
         },
         "config": {
             "model": args.model,
@@ -576,6 +637,10 @@ def main() -> int:
         "targets": {"total_ratio": TOTAL_TARGET, "ttft_ratio": TTFT_TARGET},
         "same_tokens": f"{token_match}/{len(pairs)}",
         "same_text": f"{text_match}/{len(pairs)}",
+        "same_prompt": f"{prompt_match}/{len(pairs)}",
+        "identical_answers": f"{identical}/{len(pairs)}",
+        "comparable": comparable,
+        "contexts": contexts,
         "samples": [asdict(s) for s in samples],
     }
     args.output.write_text(json.dumps(report, indent=2) + "\n")
@@ -586,6 +651,7 @@ def main() -> int:
 
     print(
         f"RESULT total_ratio={fmt(ratios['total_ratio'])} ttft_ratio={fmt(ratios['ttft_ratio'])}"
+        f" identical={identical}/{len(pairs)} comparable={comparable}"
         f" disturbed={disturbed}/{len(measured)}"
     )
     return 0
