@@ -89,6 +89,39 @@ def clipping_ratio(samples: np.ndarray, threshold: float = 0.999) -> float:
     return float(np.count_nonzero(np.abs(x) >= threshold) / x.size) if x.size else 0.0
 
 
+class LevelMeter:
+    """rms, peak and clipping_ratio over many chunks (e.g. a diagnostics period), with the
+    same definitions as the one-array functions above; `take` returns them and starts over."""
+
+    def __init__(self, clip_threshold: float = 0.999) -> None:
+        self.clip_threshold = clip_threshold
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sum_sq = 0.0
+        self._count = 0
+        self._peak = 0.0
+        self._clipped = 0
+
+    def add(self, samples: np.ndarray) -> None:
+        x = _as_float(samples)
+        if not x.size:
+            return
+        self._sum_sq += float(np.dot(x.ravel(), x.ravel()))
+        self._count += x.size
+        self._peak = max(self._peak, float(np.max(np.abs(x))))
+        self._clipped += int(np.count_nonzero(np.abs(x) >= self.clip_threshold))
+
+    def take(self) -> tuple[float, float, float]:
+        """(rms, peak, clipping_ratio) since the last take; zeros when nothing came."""
+        n = self._count
+        levels = (
+            (math.sqrt(self._sum_sq / n), self._peak, self._clipped / n) if n else (0.0, 0.0, 0.0)
+        )
+        self._reset()
+        return levels
+
+
 # ---- chunks --------------------------------------------------------------------------------
 
 

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import array
 import math
-import queue
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -37,14 +35,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from smolfusion_ros.io.audio import (
-    Resampler,
-    WavError,
-    dbfs,
-    read_wav,
-    resample,
-    to_mono,
-)
+from smolfusion_ros.io.audio import LevelMeter, dbfs
+from smolfusion_ros.io.capture import CaptureError, DeviceCapture, load_wav
 from smolfusion_ros.msg import AudioChunk
 from smolfusion_ros.nodes.conversions import stamp_from_wall
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
@@ -59,7 +51,6 @@ from smolfusion_ros.nodes.runner import run_node
 
 REOPEN_PERIOD_S = 2.0
 SUBSCRIBER_SETTLE_S = 0.3
-CLIP_LEVEL = 32767 * 0.999
 
 
 def _parameter_specs() -> list[ParamSpec]:
@@ -86,91 +77,6 @@ def _parameter_specs() -> list[ParamSpec]:
     ]
 
 
-class DeviceCapture:
-    """A sounddevice InputStream whose callback only queues int16 blocks."""
-
-    def __init__(self, device: int | str | None, sample_rate: int, block_frames: int) -> None:
-        try:
-            import sounddevice
-        except (ImportError, OSError) as exc:
-            raise ConfigError(f"device capture needs sounddevice and PortAudio: {exc}") from None
-        self._sd = sounddevice
-        self.device = device
-        self.sample_rate = sample_rate
-        self.block_frames = block_frames
-        self.blocks: queue.Queue[np.ndarray] = queue.Queue(maxsize=200)
-        self.overflows = 0
-        self.dropped = 0
-        self.stream = None
-        self.resampler: Resampler | None = None
-
-    def _callback(self, indata, _frames, _time, status) -> None:
-        if status.input_overflow:
-            self.overflows += 1
-        try:
-            self.blocks.put_nowait(indata.copy())
-        except queue.Full:
-            self.dropped += 1
-
-    def open(self) -> str:
-        """Open and start the stream (at sample_rate if the device allows); returns a label."""
-        sd = self._sd
-        info = sd.query_devices(self.device, "input")  # raises for a missing device
-        channels = 1 if info["max_input_channels"] >= 1 else 0
-        if channels == 0:
-            raise RuntimeError(f"{info['name']} has no input channels")
-        rate = self.sample_rate
-        try:
-            sd.check_input_settings(self.device, channels=1, dtype="int16", samplerate=rate)
-        except Exception:
-            rate = int(info["default_samplerate"])  # capture natively, resample here
-        stream = sd.InputStream(
-            samplerate=rate,
-            blocksize=max(1, self.block_frames * rate // self.sample_rate),
-            device=self.device,
-            channels=1,
-            dtype="int16",
-            callback=self._callback,
-        )
-        stream.start()
-        self.stream = stream
-        self.resampler = None if rate == self.sample_rate else Resampler(rate, self.sample_rate)
-        return f"{info['name']} at {rate} Hz"
-
-    def read(self, timeout: float) -> np.ndarray | None:
-        """Mono int16 at sample_rate, or None when nothing arrived in time."""
-        try:
-            block = self.blocks.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        mono = to_mono(block)
-        return self.resampler.process(mono) if self.resampler else mono
-
-    def healthy(self) -> bool:
-        return self.stream is not None and self.stream.active
-
-    def close(self) -> None:
-        stream, self.stream = self.stream, None
-        if stream is not None:
-            try:
-                stream.abort()
-                stream.close()
-            except Exception:
-                pass
-
-
-def load_wav(path_text: str, sample_rate: int) -> np.ndarray:
-    """The WAV file as mono int16 at sample_rate; ConfigError when missing or unreadable."""
-    path = Path(path_text).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"wav_file {path_text!r} does not exist")
-    try:
-        frames, rate = read_wav(path)
-    except (OSError, WavError) as exc:
-        raise ConfigError(f"wav_file {path_text!r} cannot be read: {exc}") from None
-    return resample(to_mono(frames), rate, sample_rate)
-
-
 class MicrophoneNode(Node):
     def __init__(self, node_name: str = "microphone_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
@@ -195,10 +101,7 @@ class MicrophoneNode(Node):
         self._errors = 0
         self._last_error = ""
         self._state = "starting"
-        self._level_sq = 0.0
-        self._level_n = 0
-        self._level_peak = 0
-        self._level_clipped = 0
+        self._levels = LevelMeter()  # level, peak and clipping over a diagnostics period
         self._last_chunk_time: float | None = None
         self._retries = 0  # failed device (re)opens
         self._outage_reported = False  # the current outage has had its one log line
@@ -206,15 +109,18 @@ class MicrophoneNode(Node):
 
         self._wav: np.ndarray | None = None
         self._device: DeviceCapture | None = None
-        if p["wav_file"]:
-            self._wav = load_wav(p["wav_file"], self._rate)
-            self._source = f"wav_file {p['wav_file']}"
-            target = self._play_wav
-        else:
-            spec: int | str | None = int(device) if device.isdigit() else (device or None)
-            self._device = DeviceCapture(spec, self._rate, self._chunk)
-            self._source = f"device {device or '(default)'}"
-            target = self._capture_device
+        try:
+            if p["wav_file"]:
+                self._wav = load_wav(p["wav_file"], self._rate)
+                self._source = f"wav_file {p['wav_file']}"
+                target = self._play_wav
+            else:
+                spec: int | str | None = int(device) if device.isdigit() else (device or None)
+                self._device = DeviceCapture(spec, self._rate, self._chunk)
+                self._source = f"device {device or '(default)'}"
+                target = self._capture_device
+        except CaptureError as exc:
+            raise ConfigError(str(exc)) from None
 
         # Reliable, KEEP_LAST queue_s of audio: a chunk lost in transport is resent (a lost
         # 100 ms can delete a word; resending 3.2 KB on one host is cheap), and a reader that
@@ -318,14 +224,10 @@ class MicrophoneNode(Node):
             )
         )
         self._seq += 1  # only the capture thread publishes
-        x = samples.astype(np.float64)
         with self._lock:
             self._published += 1
             self._last_chunk_time = time.monotonic()
-            self._level_sq += float(np.dot(x, x))
-            self._level_n += len(x)
-            self._level_peak = max(self._level_peak, int(np.max(np.abs(x))) if len(x) else 0)
-            self._level_clipped += int(np.count_nonzero(np.abs(x) >= CLIP_LEVEL))
+            self._levels.add(samples)
 
     # ---- bookkeeping -------------------------------------------------------------------------
 
@@ -353,13 +255,7 @@ class MicrophoneNode(Node):
 
     def _publish_diagnostics(self) -> None:
         with self._lock:
-            n, sq, peak, clipped = (
-                self._level_n,
-                self._level_sq,
-                self._level_peak,
-                self._level_clipped,
-            )
-            self._level_n, self._level_sq, self._level_peak, self._level_clipped = 0, 0.0, 0, 0
+            level, peak, clipping = self._levels.take()
             published, errors, last_error, state = (
                 self._published,
                 self._errors,
@@ -368,7 +264,6 @@ class MicrophoneNode(Node):
             )
             last_chunk = self._last_chunk_time
             retries = self._retries
-        level = math.sqrt(sq / n) / 32767 if n else 0.0
         idle_s = time.monotonic() - last_chunk if last_chunk is not None else None
         if state == "retrying":
             status, message = (
@@ -385,8 +280,8 @@ class MicrophoneNode(Node):
         values = {
             "chunks_published": published,
             "level_dbfs": f"{dbfs(level):.1f}",
-            "peak_dbfs": f"{dbfs(peak / 32767):.1f}",
-            "clipping_ratio": f"{clipped / n if n else 0.0:.4f}",
+            "peak_dbfs": f"{dbfs(peak):.1f}",
+            "clipping_ratio": f"{clipping:.4f}",
             "sample_rate": self._rate,
             "chunk_samples": self._chunk,
             "source": self._source,
