@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
-SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+# Session ids are checked in a leaf module that memory/ uses too; imported here so that
+# core.requests stays the one place callers import them from.
+from smolfusion_ros.ids import SESSION_ID_PATTERN, RequestRejected, validate_session_id
+
+__all__ = [
+    "SESSION_ID_PATTERN",
+    "ChatRequest",
+    "RequestLimits",
+    "RequestRejected",
+    "normalise_request",
+    "validate_session_id",
+]
+
 USE_VISION_VALUES = ("auto", "always", "never")
-
-
-class RequestRejected(Exception):
-    """The request is invalid or cannot be served now; str(exc) is the error for the caller."""
 
 
 @dataclass(frozen=True)
@@ -32,17 +39,6 @@ class RequestLimits:
     max_input_chars: int = 4000
     max_tokens_limit: int = 1024
     default_session_id: str = "default"
-
-
-def validate_session_id(session_id: str, default: str = "default") -> str:
-    """Return the effective session id or raise RequestRejected."""
-    session_id = session_id.strip() or default
-    if not SESSION_ID_PATTERN.match(session_id):
-        shown = session_id if len(session_id) <= 40 else session_id[:40] + "..."
-        raise RequestRejected(
-            f"invalid session_id {shown!r}: use 1-64 letters, digits, '_', '-', '.' or ':'"
-        )
-    return session_id
 
 
 def normalise_request(request: ChatRequest, limits: RequestLimits) -> ChatRequest:

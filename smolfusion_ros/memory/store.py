@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from smolfusion_ros.core.requests import RequestRejected, validate_session_id
+from smolfusion_ros.ids import RequestRejected, validate_session_id
 from smolfusion_ros.memory.sqlite import immediate_transaction, open_database
 
 ROLES = ("user", "assistant", "system")

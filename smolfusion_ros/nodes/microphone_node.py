@@ -1,7 +1,8 @@
 """microphone_node: audio from a sound card or a WAV file, out in fixed mono chunks.
 
 Publishes:   audio (smolfusion_ros/AudioChunk: mono int16 at sample_rate, chunk_ms per
-             message, stamp = wall time of the chunk's first sample, seq = 0, 1, 2, ... so a
+             message, stamp = the node clock's time of the chunk's first sample (ROS time, so
+             use_sim_time and bag replay agree), seq = 0, 1, 2, ... so a
              listener can count chunks lost on the way; reliable, KEEP_LAST queue_s of audio),
              /diagnostics (diagnostic_msgs/DiagnosticArray, 1 Hz: chunks published, level and
              peak in dBFS and clipping ratio over the last period, source, errors)
@@ -34,11 +35,11 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.time import Time
 
 from smolfusion_ros.io.audio import LevelMeter, dbfs
 from smolfusion_ros.io.capture import CaptureError, DeviceCapture, load_wav
 from smolfusion_ros.msg import AudioChunk
-from smolfusion_ros.nodes.conversions import stamp_from_wall
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
@@ -129,6 +130,7 @@ class MicrophoneNode(Node):
         # readers too; seq numbers make any loss visible downstream.
         depth = max(10, math.ceil(p["queue_s"] * 1000 / p["chunk_ms"]))
         self._seq = 0
+        self._clock_type = self.get_clock().clock_type
         self._audio_pub = self.create_publisher(
             AudioChunk,
             "audio",
@@ -161,7 +163,7 @@ class MicrophoneNode(Node):
         # The subscriber's side of a fresh match completes a little later.
         if self._audio_pub.get_subscription_count() and self._stop.wait(SUBSCRIBER_SETTLE_S):
             return
-        wall0, start = time.time(), time.monotonic()
+        clock0, start = self.get_clock().now().nanoseconds, time.monotonic()
         with self._lock:
             self._state = "playing"
         k = 0  # chunks sent since start (across loops)
@@ -178,7 +180,7 @@ class MicrophoneNode(Node):
             piece = wav[i * self._chunk : (i + 1) * self._chunk]
             if len(piece) < self._chunk:
                 piece = np.concatenate([piece, np.zeros(self._chunk - len(piece), np.int16)])
-            self._publish(piece, wall0 + k * chunk_s)
+            self._publish(piece, clock0 + round(k * chunk_s * 1e9))
             k += 1
 
     def _capture_device(self) -> None:
@@ -207,16 +209,19 @@ class MicrophoneNode(Node):
             pending = np.concatenate([pending, block])
             while len(pending) >= self._chunk:
                 piece, pending = pending[: self._chunk], pending[self._chunk :]
-                start = time.time() - (len(pending) + self._chunk) / self._rate
+                behind_s = (len(pending) + self._chunk) / self._rate
+                start = self.get_clock().now().nanoseconds - round(behind_s * 1e9)
                 self._publish(piece, start)
         capture.close()
 
-    def _publish(self, samples: np.ndarray, wall_start: float) -> None:
+    def _publish(self, samples: np.ndarray, start_ns: int) -> None:
+        """Publish one chunk; `start_ns` is its first sample's time on the node clock."""
         data = array.array("h")
         data.frombytes(np.ascontiguousarray(samples, dtype="<i2").tobytes())
         self._audio_pub.publish(
             AudioChunk(
-                stamp=stamp_from_wall(wall_start),
+                # Clamped: under use_sim_time before the first /clock, now() is 0.
+                stamp=Time(nanoseconds=max(0, start_ns), clock_type=self._clock_type).to_msg(),
                 seq=self._seq,
                 sample_rate=self._rate,
                 channels=1,
