@@ -7,13 +7,17 @@ had: a question about sight must be grounded in "no camera image is available".
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import NodeProcess, unique_namespace, wait_for
 from gateway_http import GATEWAY, Http, gateway_port
 
 pytestmark = [pytest.mark.ros, pytest.mark.model]
+
+REPO = Path(__file__).resolve().parent.parent
 
 DOCUMENT = """# Visitor guide of the Harbour Museum
 
@@ -133,6 +137,47 @@ def test_knowledge_is_retrieved_and_named_in_the_answer(graph):
     assert other["knowledge_ids"] == []
     assert http.delete("/knowledge/museum-guide.md").json()["documents_deleted"] == 1
     assert http.get("/knowledge").json()["documents"] == []
+
+
+def test_ingest_progress_is_visible_over_http_while_the_upload_runs(graph):
+    """A document of several thousand words (the package's README): while POST /knowledge
+    is still waiting, GET /knowledge/progress shows chunks being embedded."""
+    http = graph.http
+    readme = (REPO / "README.md").read_bytes()
+    result: dict = {}
+
+    def upload() -> None:
+        reply = http.upload(
+            "/knowledge", {}, {"file": ("big-readme.md", readme, "text/markdown")}, timeout=600
+        )
+        result["reply"] = reply
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    during: list[dict] = []
+    try:
+        while thread.is_alive():
+            progress = http.get("/knowledge/progress?name=big-readme.md").json()["ingests"]
+            if thread.is_alive() and progress and not progress[0]["finished"]:
+                during.append(progress[0])
+            time.sleep(0.05)
+    finally:
+        thread.join(600)
+    reply = result["reply"]
+    assert reply.status == 200, reply.body
+    chunks = reply.json()["chunks"]
+    assert chunks >= 16, chunks
+    assert during, "no progress was visible while the upload ran"
+    assert all(p["total"] == chunks and p["done"] < chunks for p in during), during
+    assert [p["done"] for p in during] == sorted(p["done"] for p in during), during
+
+    def finished() -> list:
+        ingests = http.get("/knowledge/progress?name=big-readme.md").json()["ingests"]
+        return [i for i in ingests if i["finished"] and i["total"] == chunks]
+
+    assert wait_for(finished, 30, 0.1), http.get("/knowledge/progress").body
+    assert http.get("/knowledge/progress?name=nothing-like-it.md").json() == {"ingests": []}
+    assert http.delete("/knowledge/big-readme.md").json()["documents_deleted"] == 1
 
 
 def test_without_a_camera_a_question_about_sight_is_grounded_in_no_image(graph):

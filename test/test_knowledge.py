@@ -5,6 +5,7 @@ persistence, concurrency."""
 from __future__ import annotations
 
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -494,3 +495,78 @@ def test_vectors_of_another_model_are_never_mixed(tmp_path, embedder):
     other.clear("guide")  # once nothing is stored, the new setting takes over
     assert other.ingest_file("guide", DATA / "robot_manual.txt").chunks >= 1
     other.close()
+
+
+# ------------------------------------------------------------ knowledge_node over DDS
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.ros
+def test_knowledge_node_publishes_ingest_progress_over_dds(ros_node, start_node, tmp_path):
+    """A real document of several thousand words (the package's README) ingested through
+    knowledge_node's ~/ingest from another process: knowledge_progress messages arrive while
+    the service call is still running, counting up to the document's chunks."""
+    from conftest import unique_namespace, wait_for
+
+    from smolfusion_ros.msg import KnowledgeProgress
+    from smolfusion_ros.srv import IngestKnowledge
+
+    namespace = unique_namespace("knowledge")
+    node = start_node(
+        "smolfusion_ros.nodes.knowledge_node",
+        namespace,
+        params={
+            "database_path": str(tmp_path / "knowledge.db"),
+            "persona.database_path": str(tmp_path / "personas.db"),
+        },
+    )
+    received: list[tuple[float, KnowledgeProgress]] = []
+    lock = threading.Lock()
+
+    def on_progress(msg: KnowledgeProgress) -> None:
+        with lock:
+            received.append((time.monotonic(), msg))
+
+    ros_node.create_subscription(
+        KnowledgeProgress, f"{namespace}/knowledge_progress", on_progress, 50
+    )
+    client = ros_node.create_client(IngestKnowledge, f"{namespace}/knowledge_node/ingest")
+    assert client.wait_for_service(timeout_sec=120), node.log[-3000:]
+
+    def ingest(name: str, data: bytes):
+        future = client.call_async(IngestKnowledge.Request(persona="", name=name, data=data))
+        assert wait_for(future.done, 300, 0.05), node.log[-3000:]
+        return time.monotonic(), future.result()
+
+    # A small ingest first: once its last progress message is here, the topic is matched
+    # both ways (a reliable message published before matching would simply be missed).
+    small = (DATA / "museum_guide.md").read_bytes()
+    for attempt in range(20):
+        _, response = ingest(f"warm-up-{attempt}.md", small)
+        assert response.success, response.error
+        if wait_for(lambda: any(m.name.startswith("warm-up") for _, m in received), 3, 0.05):
+            break
+    else:
+        pytest.fail("no knowledge_progress message arrived: " + node.log[-3000:])
+
+    readme = (REPO / "README.md").read_bytes()
+    with lock:
+        received.clear()
+    answered_at, response = ingest("README.md", readme)
+    assert response.success, response.error
+    total = response.chunks
+    assert total >= 16, f"README.md gave only {total} chunks: too small to show progress"
+
+    def last_arrived() -> bool:
+        with lock:
+            return any(m.name == "README.md" and m.done == m.total for _, m in received)
+
+    assert wait_for(last_arrived, 30, 0.05), [m for _, m in received]
+    with lock:
+        ours = [(t, m) for t, m in received if m.name == "README.md"]
+    done = [m.done for _, m in ours]
+    assert len(ours) >= 3, done  # several embedding batches, one message each
+    assert all(m.total == total and m.persona for _, m in ours), ours
+    assert done == sorted(done) and done[-1] == total, done
+    # Progress while the call was still running, not only a report at the end.
+    assert any(m.done < total and t < answered_at for t, m in ours), (done, answered_at)

@@ -93,6 +93,7 @@ class Backend(Protocol):
     async def delete_persona(self, persona_id: str) -> dict[str, Any]: ...
     async def ingest(self, persona: str, name: str, data: bytes) -> dict[str, Any]: ...
     async def documents(self, persona: str) -> dict[str, Any]: ...
+    def ingest_progress(self, persona: str, name: str) -> dict[str, Any]: ...
     async def search(self, body: SearchBody) -> dict[str, Any]: ...
     async def clear_knowledge(self, persona: str, name: str) -> dict[str, Any]: ...
 
@@ -278,6 +279,16 @@ def create_app(backend: Backend) -> FastAPI:
     @app.get("/knowledge", summary="A persona's documents")
     async def documents(persona: str = "") -> dict[str, Any]:
         return await backend.documents(persona)
+
+    @app.get(
+        "/knowledge/progress",
+        summary="Progress of recent ingests (chunks embedded so far / chunks of the document)",
+        description="The newest knowledge_progress message of each document ingested in the "
+        "last minutes, newest first; `persona` and `name` filter. A POST /knowledge answers "
+        "only when its document is stored: poll this meanwhile.",
+    )
+    async def ingest_progress(persona: str = "", name: str = "") -> dict[str, Any]:
+        return backend.ingest_progress(persona, name)
 
     @app.post("/knowledge/search", summary="The chunks that answer a query (hybrid RAG)")
     async def search(body: SearchBody) -> dict[str, Any]:

@@ -9,7 +9,9 @@ and the ROS futures' callbacks run on the executor. ROS futures are awaited thro
 loop.call_soon_threadsafe (gateway.bridge), so an HTTP request never holds an executor thread
 and a ROS call never blocks the event loop.
 
-Subscribes:  scene (SceneContext), debug_image (Image), /diagnostics (readiness for /health)
+Subscribes:  scene (SceneContext), debug_image (Image), /diagnostics (readiness for /health),
+             knowledge_progress (KnowledgeProgress: GET /knowledge/progress, the console's
+             ingest progress)
 Parameters:  host (127.0.0.1), port (8000; 0 = a free port, logged), max_upload_mb,
              api_key (empty = none; when set, every API path needs "Authorization: Bearer
              <key>"; the console page, its static files, /health and /docs stay open),
@@ -36,7 +38,7 @@ from smolfusion_ros.action import Converse
 from smolfusion_ros.gateway.app import ChatBody, GatewayError, PersonaBody, SearchBody, create_app
 from smolfusion_ros.gateway.bridge import ServerThread, await_ros_future, bind_socket
 from smolfusion_ros.io.image_convert import ImageConversionError
-from smolfusion_ros.msg import PersonaInfo, SceneContext
+from smolfusion_ros.msg import KnowledgeProgress, PersonaInfo, SceneContext
 from smolfusion_ros.nodes.conversions import image_msg_to_rgb
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
@@ -72,6 +74,10 @@ _UNAVAILABLE = (
     "no camera frame",
 )
 FEEDBACK_QUEUE = 4096  # feedback events buffered per stream (a slow client gets batches)
+# Ingest progress kept for GET /knowledge/progress: the newest message per document, for
+# documents heard from within PROGRESS_KEEP_S, at most PROGRESS_MAX of them.
+PROGRESS_KEEP_S = 600.0
+PROGRESS_MAX = 64
 
 
 def _stamp(t) -> float:
@@ -184,11 +190,15 @@ class GatewayNode(Node):
         self._debug_image: Image | None = None
         self._jpeg: tuple[int, bytes] | None = None  # (id of the message, its JPEG)
         self._diagnostics: dict[str, tuple[float, Any]] = {}
+        self._progress: dict[tuple[str, str], tuple[float, KnowledgeProgress]] = {}
         self.create_subscription(SceneContext, "scene", self._on_scene, 5)
         self.create_subscription(
             Image, "debug_image", self._on_debug_image, qos_profile_sensor_data
         )
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
+        self.create_subscription(
+            KnowledgeProgress, "knowledge_progress", self._on_knowledge_progress, 50
+        )
 
         host, port = p["host"], p["port"]
         try:
@@ -223,6 +233,14 @@ class GatewayNode(Node):
                 # Only this robot's nodes (same namespace, not a sub-namespace).
                 if node.startswith(prefix) and "/" not in node[len(prefix) :]:
                     self._diagnostics[status.name] = (now, status)
+
+    def _on_knowledge_progress(self, msg: KnowledgeProgress) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._progress[(msg.persona, msg.name)] = (now, msg)
+            if len(self._progress) > PROGRESS_MAX:  # bounded: drop the oldest
+                oldest = min(self._progress, key=lambda k: self._progress[k][0])
+                del self._progress[oldest]
 
     def _fresh_statuses(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -595,6 +613,30 @@ class GatewayNode(Node):
                 }
                 for i in range(len(r.ids))
             ],
+        }
+
+    def ingest_progress(self, persona: str, name: str) -> dict[str, Any]:
+        """The newest progress of each recent ingest (knowledge_progress), newest first;
+        `persona` and `name` filter when given. `age_s` lets a caller ignore an older ingest
+        of the same document."""
+        now = time.monotonic()
+        with self._lock:
+            entries = sorted(self._progress.values(), key=lambda e: -e[0])
+        return {
+            "ingests": [
+                {
+                    "persona": msg.persona,
+                    "name": msg.name,
+                    "done": int(msg.done),
+                    "total": int(msg.total),
+                    "finished": msg.done >= msg.total,
+                    "age_s": round(now - received, 3),
+                }
+                for received, msg in entries
+                if now - received <= PROGRESS_KEEP_S
+                and (not persona or msg.persona == persona)
+                and (not name or msg.name == name)
+            ]
         }
 
     async def clear_knowledge(self, persona: str, name: str) -> dict[str, Any]:

@@ -249,10 +249,27 @@ $("knowledge-form").addEventListener("submit", async (ev) => {
   form.append("file", file);
   form.append("persona", currentPersona());
   $("knowledge-status").textContent = "ingesting " + file.name + "…";
+  // The upload answers only when the document is stored: meanwhile show knowledge_node's
+  // progress (chunks embedded), ignoring messages older than this upload.
+  const started = Date.now();
+  let finished = false;
+  const poll = setInterval(async () => {
+    try {
+      const p = await api("/knowledge/progress?name=" + encodeURIComponent(file.name));
+      const elapsed = (Date.now() - started) / 1000;
+      const current = p.ingests.find((i) => i.age_s <= elapsed);
+      if (current && !finished) {
+        $("knowledge-status").textContent =
+          `ingesting ${file.name}: ${current.done}/${current.total} chunks embedded`;
+      }
+    } catch (e) { /* progress is a nicety; the upload's own answer reports errors */ }
+  }, 500);
   try {
     const r = await api("/knowledge", {method: "POST", body: form});
     $("knowledge-status").textContent = `${r.name}: ${r.chunks} chunks in ${r.seconds} s`;
   } catch (e) { $("knowledge-status").textContent = "error: " + e.message; }
+  finished = true;
+  clearInterval(poll);
   loadKnowledge();
 });
 $("knowledge-clear").addEventListener("click", async () => {
