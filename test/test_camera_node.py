@@ -148,7 +148,13 @@ def test_resizes_throttles_and_skips_unchanged_frames(ros_node, start_node):
         CAMERA,
         namespace,
         params_file=None,
-        params={"max_side": 64, "rate_hz": 4.0, "change_threshold": 0.02, "max_still_s": 1.0},
+        params={
+            "autostart": True,
+            "max_side": 64,
+            "rate_hz": 4.0,
+            "change_threshold": 0.02,
+            "max_still_s": 1.0,
+        },
     )
     harness = CameraHarness(ros_node, namespace)
     harness.wait_connected(process)
@@ -197,7 +203,10 @@ def test_resizes_throttles_and_skips_unchanged_frames(ros_node, start_node):
 def test_malformed_images_are_dropped_counted_and_survived(ros_node, start_node):
     namespace = unique_namespace("camera_bad")
     process = start_node(
-        CAMERA, namespace, params_file=None, params={"rate_hz": 50.0, "max_side": 32}
+        CAMERA,
+        namespace,
+        params_file=None,
+        params={"autostart": True, "rate_hz": 50.0, "max_side": 32},
     )
     harness = CameraHarness(ros_node, namespace)
     harness.wait_connected(process)
@@ -245,7 +254,13 @@ def test_captures_from_an_image_folder(ros_node, start_node, tmp_path):
         CAMERA,
         namespace,
         params_file=None,
-        params={"source": str(tmp_path), "rate_hz": 8.0, "max_side": 100, "frame_id": "cam9"},
+        params={
+            "autostart": True,
+            "source": str(tmp_path),
+            "rate_hz": 8.0,
+            "max_side": 100,
+            "frame_id": "cam9",
+        },
     )
     harness = CameraHarness(ros_node, namespace, subscribe_raw=False)
     harness.wait_connected(process)
@@ -275,7 +290,7 @@ def test_captures_from_a_video_file(ros_node, start_node, tmp_path):
         CAMERA,
         namespace,
         params_file=None,
-        params={"source": str(path), "rate_hz": 5.0, "max_side": 80},
+        params={"autostart": True, "source": str(path), "rate_hz": 5.0, "max_side": 80},
     )
     harness = CameraHarness(ros_node, namespace, subscribe_raw=False)
     harness.wait_connected(process)
@@ -294,7 +309,7 @@ def test_missing_source_is_a_configuration_error(start_node, tmp_path):
         CAMERA,
         unique_namespace("camera_cfg"),
         params_file=None,
-        params={"source": str(tmp_path / "nowhere.avi")},
+        params={"autostart": True, "source": str(tmp_path / "nowhere.avi")},
     )
     assert process.wait(20) == 2, process.log
     assert "configuration error" in process.log and "nowhere.avi" in process.log

@@ -51,7 +51,7 @@ def play(ros_node, start_node, path, **params):
     process = start_node(
         MIC,
         namespace,
-        params={"wav_file": str(path), "wait_for_subscriber_s": 10.0, **params},
+        params={"autostart": True, "wav_file": str(path), "wait_for_subscriber_s": 10.0, **params},
         params_file=None,
     )
     return process, harness
@@ -128,12 +128,15 @@ def test_missing_wav_file_is_one_configuration_error(start_node, tmp_path):
     process = start_node(
         MIC,
         unique_namespace("mic"),
-        params={"wav_file": str(tmp_path / "nope.wav")},
+        params={"autostart": True, "wav_file": str(tmp_path / "nope.wav")},
         params_file=None,
     )
     assert process.wait(15) == 2
+    final = [line for line in process.log_lines if "configuration error" in line]
+    assert len(final) == 1 and "nope.wav" in final[0], process.log
+    # The failed configure transition logs it too (managed.py); nothing else goes wrong.
     errors = [line for line in process.log_lines if "error" in line.lower()]
-    assert len(errors) == 1 and "nope.wav" in errors[0], process.log
+    assert len(errors) <= 2 and all("nope.wav" in line for line in errors), process.log
     assert "Traceback" not in process.log
 
 
@@ -145,7 +148,7 @@ def test_missing_device_is_said_once_then_retried_quietly(ros_node, start_node):
     process = start_node(
         MIC,
         namespace,
-        params={"device": "no-such-microphone-xyz", "diagnostics_period_s": 0.5},
+        params={"autostart": True, "device": "no-such-microphone-xyz", "diagnostics_period_s": 0.5},
         params_file=None,
     )
 

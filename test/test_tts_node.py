@@ -112,7 +112,10 @@ def tts(ros_node, start_node, tmp_path):
         namespace = unique_namespace("tts")
         out = tmp_path / namespace.strip("/")
         process = start_node(
-            TTS, namespace, params={"output": str(out), **params}, params_file=None
+            TTS,
+            namespace,
+            params={"output": str(out), "autostart": True, **params},
+            params_file=None,
         )
         harness = TTSHarness(ros_node, namespace)
         harness.wait_ready(process)
@@ -235,7 +238,9 @@ def test_without_a_sound_card_the_missing_device_is_reported_once(ros_node, star
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
     namespace = unique_namespace("ttsnocard")
-    process = start_node(TTS, namespace, params={"output": "device"}, params_file=None)
+    process = start_node(
+        TTS, namespace, params={"output": "device", "autostart": True}, params_file=None
+    )
     harness = TTSHarness(ros_node, namespace)
     harness.wait_ready(process)
     statuses = []

@@ -15,6 +15,12 @@ Parameters:  source ("" = subscribe image_raw; a V4L2 device "/dev/video0" or in
 Frames that cannot be converted (unknown encoding, zero size, step or size mismatch) are
 dropped and counted; the node never stops on input. Capture runs on its own timer and
 callback group, so a slow device never blocks the subscription or diagnostics.
+
+A managed (lifecycle) node: configure reads the parameters and opens the source (a missing
+path fails the transition with one line) or subscribes image_raw; activate publishes frames;
+deactivate drops input (a device stays open); cleanup releases the device or subscription.
+`autostart` (true in the profiles) brings it to active. Stamps of captured frames come from
+the node clock; frames from image_raw keep their driver's header.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
@@ -43,18 +48,21 @@ from smolfusion_ros.io.image_convert import (
 )
 from smolfusion_ros.nodes.conversions import image_msg_to_rgb
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.managed import AUTOSTART_SPEC, ManagedNode
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
     ParamSpec,
     at_least,
     between,
-    declare_parameters,
+    declare_parameter_specs,
+    read_parameters,
 )
 from smolfusion_ros.nodes.runner import run_node
 
 
 def _parameter_specs() -> list[ParamSpec]:
     return [
+        AUTOSTART_SPEC,
         ParamSpec("max_side", 512, "longest side of published frames in pixels", between(8, 8192)),
         ParamSpec("rate_hz", 2.0, "most frames published per second", between(0.01, 120.0)),
         ParamSpec(
@@ -75,12 +83,18 @@ def _parameter_specs() -> list[ParamSpec]:
     ]
 
 
-class CameraNode(Node):
+class CameraNode(ManagedNode):
+    """Managed: configure opens the source (or subscribes image_raw) with the parameters of
+    that moment, activate publishes frames, deactivate pauses (frames are dropped, a device
+    stays open), cleanup releases the device and the subscription."""
+
     def __init__(self, node_name: str = "camera_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(self, _parameter_specs())
+        specs = _parameter_specs()
+        declare_parameter_specs(self, specs)
+        period = read_parameters(self, [s for s in specs if s.name == "diagnostics_period_s"])
         # `source` may arrive as an integer (-p source:=0), so it is dynamically typed.
-        source = self.declare_parameter(
+        self.declare_parameter(
             "source",
             "",
             ParameterDescriptor(
@@ -88,48 +102,80 @@ class CameraNode(Node):
                 "or an image folder to capture with OpenCV",
                 dynamic_typing=True,
             ),
-        ).value
+        )
+        self._bridge = ros2_cv_bridge()
+        self._lock = threading.Lock()
+        self._capture_lock = threading.Lock()  # a read never meets a release (cleanup)
+        self._max_side = 512
+        self._frame_id = "camera"
+        self._gate: FrameGate | None = None
+        self._source: FrameSource | None = None
+        self._input = None  # the capture timer or the image_raw subscription
+        self._reset_counts()
+
+        self._frame_pub = self.create_publisher(Image, "~/frame", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(
+            period["diagnostics_period_s"],
+            self._publish_diagnostics,
+            MutuallyExclusiveCallbackGroup(),
+        )
+
+    def _reset_counts(self) -> None:
+        with self._lock:
+            self._counts = dict.fromkeys(
+                ("received", "published", "skipped_rate", "skipped_unchanged", "dropped_bad"), 0
+            )
+            self._capture_errors = 0
+            self._last_error = ""
+            self._last_frame_time: float | None = None
+            self._started = time.monotonic()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def configure(self) -> None:
+        p = read_parameters(self, _parameter_specs())
+        source = self.get_parameter("source").value
         source = "" if source is None else str(source).strip()
         self._max_side = p["max_side"]
         self._frame_id = p["frame_id"]
         self._gate = FrameGate(p["change_threshold"], p["rate_hz"], p["max_still_s"])
-        self._bridge = ros2_cv_bridge()
-        self._lock = threading.Lock()
-        self._counts = dict.fromkeys(
-            ("received", "published", "skipped_rate", "skipped_unchanged", "dropped_bad"), 0
-        )
-        self._capture_errors = 0
-        self._last_error = ""
-        self._last_frame_time: float | None = None
-        self._started = time.monotonic()
-
-        self._frame_pub = self.create_publisher(Image, "~/frame", 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._source: FrameSource | None = None
+        self._reset_counts()
         if source:
             try:
                 self._source = FrameSource(source, p["loop"], p["rate_hz"])
             except FrameSourceError as exc:
                 raise ConfigError(str(exc)) from None
-            self.create_timer(
+            self._input = self.create_timer(
                 self._source.period_s, self._capture_once, MutuallyExclusiveCallbackGroup()
             )
             self.get_logger().info(f"capturing from {self._source.kind} {source}")
         else:
-            self.create_subscription(
+            self._input = self.create_subscription(
                 Image,
                 "image_raw",
                 self._on_image,
                 qos_profile_sensor_data,
                 callback_group=MutuallyExclusiveCallbackGroup(),
             )
-        self.create_timer(
-            p["diagnostics_period_s"], self._publish_diagnostics, MutuallyExclusiveCallbackGroup()
-        )
+
+    def cleanup(self) -> None:
+        entity, self._input = self._input, None
+        if entity is not None:
+            if self._source is not None:
+                self.destroy_timer(entity)
+            else:
+                self.destroy_subscription(entity)
+        with self._capture_lock:
+            source, self._source = self._source, None
+            if source is not None:
+                source.release()
 
     # ---- input -------------------------------------------------------------------------------
 
     def _on_image(self, msg: Image) -> None:
+        if not self.is_active:
+            return
         try:
             self._handle(msg)
         except Exception as exc:  # never let one frame stop the node
@@ -157,18 +203,21 @@ class CameraNode(Node):
         self._offer(rgb, now, msg.header)
 
     def _capture_once(self) -> None:
-        source = self._source
-        if source is None:
+        if not self.is_active:
             return
-        if source.kind == "folder" and not self._gate.rate_ok(time.monotonic()):
-            return  # keep the image for the next tick instead of skipping it
-        try:
-            frame = source.read()
-        except Exception as exc:
-            with self._lock:
-                self._capture_errors += 1
-                self._last_error = str(exc)
-            return
+        with self._capture_lock:
+            source = self._source
+            if source is None:
+                return
+            if source.kind == "folder" and not self._gate.rate_ok(time.monotonic()):
+                return  # keep the image for the next tick instead of skipping it
+            try:
+                frame = source.read()
+            except Exception as exc:  # a device that went away: counted, reopened later
+                with self._lock:
+                    self._capture_errors += 1
+                    self._last_error = str(exc)
+                return
         if frame is None:
             return
         now = time.monotonic()
@@ -223,6 +272,7 @@ class CameraNode(Node):
             self._last_error = error
 
     def _publish_diagnostics(self) -> None:
+        source = self._source
         with self._lock:
             counts = dict(self._counts)
             last_error = self._last_error
@@ -240,17 +290,11 @@ class CameraNode(Node):
             **{k: str(v) for k, v in counts.items()},
             "capture_errors": str(capture_errors),
             "last_error": last_error,
-            "source": self._source.spec if self._source else "image_raw",
+            "source": source.spec if source else "image_raw",
         }
         self._diag_pub.publish(
-            diagnostic_array(
-                self, "camera", level, message, self._source.spec if self._source else "", values
-            )
+            diagnostic_array(self, "camera", level, message, source.spec if source else "", values)
         )
-
-    def close(self) -> None:
-        if self._source is not None:
-            self._source.release()
 
 
 def main() -> None:

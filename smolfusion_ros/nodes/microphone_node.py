@@ -20,6 +20,12 @@ is never blocked. A device that is missing or cannot be opened is said once, as 
 naming it and what to set (`device`, or `wav_file`), then retried quietly every 2 s with the
 state on /diagnostics (ERROR level, retries, last_error); a device that comes back is logged
 once. A missing or unreadable WAV file is a configuration error.
+
+A managed (lifecycle) node: configure reads the parameters, the WAV file (a missing one fails
+the transition with one line) or prepares the device, and creates `audio` with its queue
+depth; activate starts capture (a WAV file plays from its start again); deactivate stops
+capture and closes the device; cleanup releases everything. seq counts on across
+deactivate/activate. `autostart` (true in the profiles) brings it to active.
 """
 
 from __future__ import annotations
@@ -33,7 +39,6 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 
@@ -41,12 +46,14 @@ from smolfusion_ros.io.audio import LevelMeter, dbfs
 from smolfusion_ros.io.capture import CaptureError, DeviceCapture, load_wav
 from smolfusion_ros.msg import AudioChunk
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.managed import AUTOSTART_SPEC, ManagedNode
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
     ParamSpec,
     at_least,
     between,
-    declare_parameters,
+    declare_parameter_specs,
+    read_parameters,
 )
 from smolfusion_ros.nodes.runner import run_node
 
@@ -56,6 +63,7 @@ SUBSCRIBER_SETTLE_S = 0.3
 
 def _parameter_specs() -> list[ParamSpec]:
     return [
+        AUTOSTART_SPEC,
         ParamSpec(
             "sample_rate", 16000, "sample rate of published audio (Hz)", between(8000, 192000)
         ),
@@ -78,59 +86,90 @@ def _parameter_specs() -> list[ParamSpec]:
     ]
 
 
-class MicrophoneNode(Node):
+class MicrophoneNode(ManagedNode):
+    """Managed: configure reads the WAV file or prepares the device and creates `audio` with
+    its queue depth, activate starts capture (a WAV file plays from its start), deactivate
+    stops capture and closes the device, cleanup releases everything."""
+
     def __init__(self, node_name: str = "microphone_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(self, _parameter_specs())
+        specs = _parameter_specs()
+        declare_parameter_specs(self, specs)
+        period = read_parameters(self, [s for s in specs if s.name == "diagnostics_period_s"])
         # `device` may arrive as an integer (-p device:=2), so it is dynamically typed.
-        device = self.declare_parameter(
+        self.declare_parameter(
             "device",
             "",
             ParameterDescriptor(
                 description="'' = default input; else a device index or (part of) its name",
                 dynamic_typing=True,
             ),
-        ).value
+        )
+        self._rate = 16000
+        self._chunk = 1600
+        self._loop = False
+        self._wait_for_subscriber_s = 2.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._target = None
+        self._source = ""
+        self._wav: np.ndarray | None = None
+        self._device: DeviceCapture | None = None
+        self._audio_pub = None
+        self._seq = 0  # counts on across deactivate/activate: a gap always means a loss
+        self._clock_type = self.get_clock().clock_type
+        self._reset_counts("unconfigured")
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(
+            period["diagnostics_period_s"],
+            self._publish_diagnostics,
+            MutuallyExclusiveCallbackGroup(),
+        )
+
+    def _reset_counts(self, state: str) -> None:
+        with self._lock:
+            self._published = 0
+            self._errors = 0
+            self._last_error = ""
+            self._state = state
+            self._levels = LevelMeter()  # level, peak and clipping over a diagnostics period
+            self._last_chunk_time: float | None = None
+            self._retries = 0  # failed device (re)opens
+            self._outage_reported = False  # the current outage has had its one log line
+            self._opened_once = False
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def configure(self) -> None:
+        p = read_parameters(self, _parameter_specs())
+        device = self.get_parameter("device").value
         device = "" if device is None else str(device).strip()
         self._rate = p["sample_rate"]
         self._chunk = max(1, round(self._rate * p["chunk_ms"] / 1000))
         self._loop = p["loop"]
         self._wait_for_subscriber_s = p["wait_for_subscriber_s"]
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._published = 0
-        self._errors = 0
-        self._last_error = ""
-        self._state = "starting"
-        self._levels = LevelMeter()  # level, peak and clipping over a diagnostics period
-        self._last_chunk_time: float | None = None
-        self._retries = 0  # failed device (re)opens
-        self._outage_reported = False  # the current outage has had its one log line
-        self._opened_once = False
-
-        self._wav: np.ndarray | None = None
-        self._device: DeviceCapture | None = None
         try:
             if p["wav_file"]:
                 self._wav = load_wav(p["wav_file"], self._rate)
                 self._source = f"wav_file {p['wav_file']}"
-                target = self._play_wav
+                self._target = self._play_wav
             else:
                 spec: int | str | None = int(device) if device.isdigit() else (device or None)
                 self._device = DeviceCapture(spec, self._rate, self._chunk)
                 self._source = f"device {device or '(default)'}"
-                target = self._capture_device
+                self._target = self._capture_device
         except CaptureError as exc:
             raise ConfigError(str(exc)) from None
+        self._reset_counts("idle")
 
         # Reliable, KEEP_LAST queue_s of audio: a chunk lost in transport is resent (a lost
         # 100 ms can delete a word; resending 3.2 KB on one host is cheap), and a reader that
         # stalls longer than queue_s loses the oldest chunks instead of blocking capture (only
         # KEEP_ALL would block). The rclpy default QoS (reliable) keeps matching best-effort
-        # readers too; seq numbers make any loss visible downstream.
+        # readers too; seq numbers make any loss visible downstream. Created here because its
+        # depth is a parameter.
         depth = max(10, math.ceil(p["queue_s"] * 1000 / p["chunk_ms"]))
-        self._seq = 0
-        self._clock_type = self.get_clock().clock_type
         self._audio_pub = self.create_publisher(
             AudioChunk,
             "audio",
@@ -140,28 +179,49 @@ class MicrophoneNode(Node):
                 reliability=ReliabilityPolicy.RELIABLE,
             ),
         )
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(
-            p["diagnostics_period_s"], self._publish_diagnostics, MutuallyExclusiveCallbackGroup()
-        )
-        self._thread = threading.Thread(target=target, name="microphone-capture", daemon=True)
-        self._thread.start()
         self.get_logger().info(
             f"publishing {self._chunk}-sample chunks at {self._rate} Hz from {self._source}"
         )
 
+    def activate(self) -> None:
+        self._stop.clear()
+        with self._lock:
+            self._state = "starting"
+        self._thread = threading.Thread(target=self._target, name="microphone-capture", daemon=True)
+        self._thread.start()
+
+    def deactivate(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(3)
+        if self._device is not None:
+            self._device.close()  # the capture thread closes it too; a second close is a no-op
+        with self._lock:
+            self._state = "paused"
+
+    def cleanup(self) -> None:
+        self._wav, self._device, self._target = None, None, None
+        publisher, self._audio_pub = self._audio_pub, None
+        if publisher is not None:
+            self.destroy_publisher(publisher)
+        self._source = ""
+        self._reset_counts("unconfigured")
+
     # ---- capture threads -----------------------------------------------------------------------
 
     def _play_wav(self) -> None:
-        wav = self._wav
+        wav, publisher = self._wav, self._audio_pub
+        if wav is None or publisher is None:
+            return
         n_chunks = math.ceil(len(wav) / self._chunk)
         chunk_s = self._chunk / self._rate
         deadline = time.monotonic() + self._wait_for_subscriber_s
-        while self._audio_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        while publisher.get_subscription_count() == 0 and time.monotonic() < deadline:
             if self._stop.wait(0.02):
                 return
         # The subscriber's side of a fresh match completes a little later.
-        if self._audio_pub.get_subscription_count() and self._stop.wait(SUBSCRIBER_SETTLE_S):
+        if publisher.get_subscription_count() and self._stop.wait(SUBSCRIBER_SETTLE_S):
             return
         clock0, start = self.get_clock().now().nanoseconds, time.monotonic()
         with self._lock:
@@ -218,7 +278,10 @@ class MicrophoneNode(Node):
         """Publish one chunk; `start_ns` is its first sample's time on the node clock."""
         data = array.array("h")
         data.frombytes(np.ascontiguousarray(samples, dtype="<i2").tobytes())
-        self._audio_pub.publish(
+        publisher = self._audio_pub
+        if publisher is None:  # cleaned up under a capture thread that outlived its join
+            return
+        publisher.publish(
             AudioChunk(
                 # Clamped: under use_sim_time before the first /clock, now() is 0.
                 stamp=Time(nanoseconds=max(0, start_ns), clock_type=self._clock_type).to_msg(),
@@ -270,7 +333,9 @@ class MicrophoneNode(Node):
             last_chunk = self._last_chunk_time
             retries = self._retries
         idle_s = time.monotonic() - last_chunk if last_chunk is not None else None
-        if state == "retrying":
+        if not self.is_active:  # deactivated or unconfigured on purpose: the state says so
+            status, message = DiagnosticStatus.OK, state
+        elif state == "retrying":
             status, message = (
                 DiagnosticStatus.ERROR,
                 f"no input device ({retries} retries; set device or wav_file): {last_error}",
@@ -301,12 +366,6 @@ class MicrophoneNode(Node):
         self._diag_pub.publish(
             diagnostic_array(self, "microphone", status, message, self._source, values)
         )
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(3)
-        if self._device is not None:
-            self._device.close()
 
 
 def main() -> None:

@@ -28,6 +28,13 @@ Parameters:  backend ("espeak"), voice ("en-us"), rate_wpm (170), volume (1.0 = 
 The engine (sentence splitting, the bounded queue, synthesis and playback on one worker
 thread) is core/speech_output.py; the outputs are io/audio_output.py. This node translates
 messages to engine calls; callbacks never block.
+
+A managed (lifecycle) node: configure checks the back end and voice and opens the output
+(a missing espeak-ng, an unknown voice or an unusable output fail the transition with one
+line), activate takes input, deactivate stops speaking (the queue is dropped, waiting `say`
+calls answer "node deactivated"), cleanup closes the engine; parameters are read at each
+configure. While not active, `say` and `~/stop` answer success=false, "node is inactive",
+and response_stream is ignored. `autostart` (true in the profiles) brings it to active.
 """
 
 from __future__ import annotations
@@ -37,7 +44,6 @@ import threading
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from std_msgs.msg import Bool
@@ -49,12 +55,14 @@ from smolfusion_ros.core.speech_output import MAX_QUEUED, SpeechJob, SpeechOutpu
 from smolfusion_ros.io.audio_output import PlaybackError, open_output
 from smolfusion_ros.msg import AudioChunk, ResponseChunk
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.managed import AUTOSTART_SPEC, ManagedNode
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
     ParamSpec,
     at_least,
     between,
-    declare_parameters,
+    declare_parameter_specs,
+    read_parameters,
 )
 from smolfusion_ros.nodes.runner import run_node
 from smolfusion_ros.srv import Say
@@ -68,6 +76,7 @@ SAY_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 def _parameter_specs() -> list[ParamSpec]:
     return [
+        AUTOSTART_SPEC,
         ParamSpec("backend", "espeak", "TTS back end name"),
         ParamSpec("voice", "en-us", "voice of the back end (espeak-ng --voices)"),
         ParamSpec("rate_wpm", 170, "speaking rate in words per minute", between(40, 600)),
@@ -91,15 +100,22 @@ def _parameter_specs() -> list[ParamSpec]:
     ]
 
 
-class TTSNode(Node):
+class TTSNode(ManagedNode):
+    """Managed: configure creates the engine (back end checked, output opened), activate
+    takes input, deactivate stops speaking (queue dropped, pending says answered), cleanup
+    closes the engine. Entities live in every state; input is refused while inactive."""
+
     def __init__(self, node_name: str = "tts_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(self, _parameter_specs())
-        self._speak_sources = set(p["speak_sources"])
-        self._say_interrupts = p["say_interrupts"]
+        specs = _parameter_specs()
+        declare_parameter_specs(self, specs)
+        period = read_parameters(self, [s for s in specs if s.name == "diagnostics_period_s"])
+        self._speak_sources: set[str] = set()
+        self._say_interrupts = False
+        self._backend_name = ""
         self._pending_lock = threading.Lock()
         self._pending_says = 0
-        self._speech = self._create_engine(p)
+        self._speech: SpeechOutput | None = None
 
         self._speaking_pub = self.create_publisher(Bool, "robot_speaking", SPEAKING_QOS)
         self._audio_pub = self.create_publisher(AudioChunk, "audio_out", 10)
@@ -118,12 +134,32 @@ class TTSNode(Node):
         self.create_service(Say, "say", self._on_say, qos_profile=SAY_QOS, callback_group=services)
         self.create_service(Trigger, "~/stop", self._on_stop, callback_group=services)
         self.create_timer(
-            p["diagnostics_period_s"], self._publish_diagnostics, MutuallyExclusiveCallbackGroup()
+            period["diagnostics_period_s"],
+            self._publish_diagnostics,
+            MutuallyExclusiveCallbackGroup(),
         )
-        self._speech.start()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def configure(self) -> None:
+        p = read_parameters(self, _parameter_specs())
+        self._speak_sources = set(p["speak_sources"])
+        self._say_interrupts = p["say_interrupts"]
+        self._speech = self._create_engine(p)
+        self._speech.start()  # idle until active: input is refused before
         self.get_logger().info(
             f"speaking with {p['backend']} voice {p['voice']} to {self._speech.output.label}"
         )
+
+    def deactivate(self) -> None:
+        # Silence now: what is being spoken stops, queued sentences and waiting says end.
+        if self._speech is not None:
+            self._speech.stop("node deactivated")
+
+    def cleanup(self) -> None:
+        speech, self._speech = self._speech, None
+        if speech is not None:
+            speech.close("node cleaned up")
 
     def _create_engine(self, p: dict) -> SpeechOutput:
         """The speech engine for these parameters; ConfigError on a missing engine, a bad
@@ -169,10 +205,15 @@ class TTSNode(Node):
     # ---- input -------------------------------------------------------------------------------
 
     def _on_chunk(self, msg: ResponseChunk) -> None:
-        if msg.source in self._speak_sources:
-            self._speech.feed(msg.request_id, msg.text, msg.is_final)
+        speech = self._speech
+        if speech is not None and self.is_active and msg.source in self._speak_sources:
+            speech.feed(msg.request_id, msg.text, msg.is_final)
 
     async def _on_say(self, request: Say.Request, response: Say.Response) -> Say.Response:
+        speech = self._speech
+        if speech is None or not self.is_active:
+            response.success, response.error = False, self.inactive_error()
+            return response
         # A coroutine: while the text is spoken this callback is suspended on `spoken`, not
         # holding an executor thread. The worker completes the future; rclpy's Future then
         # wakes the executor (through its done callback), which resumes this coroutine.
@@ -185,7 +226,7 @@ class TTSNode(Node):
         with self._pending_lock:
             self._pending_says += 1
         try:
-            self._speech.say(request.text, request.voice, self._say_interrupts, finished)
+            speech.say(request.text, request.voice, self._say_interrupts, finished)
             job: SpeechJob = await spoken
         finally:
             with self._pending_lock:
@@ -195,7 +236,11 @@ class TTSNode(Node):
         return response
 
     def _on_stop(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        dropped = self._speech.stop("stopped")
+        speech = self._speech
+        if speech is None or not self.is_active:
+            response.success, response.message = False, self.inactive_error()
+            return response
+        dropped = speech.stop("stopped")
         response.success = True
         response.message = f"stopped; {dropped} queued sentence(s) dropped"
         return response
@@ -218,8 +263,14 @@ class TTSNode(Node):
         )
 
     def _publish_diagnostics(self) -> None:
-        stats = self._speech.stats()
-        no_device = self._speech.output.unavailable
+        speech = self._speech
+        if speech is None:  # unconfigured: the lifecycle state says why
+            self._diag_pub.publish(
+                diagnostic_array(self, "tts", DiagnosticStatus.OK, "not configured", "", {})
+            )
+            return
+        stats = speech.stats()
+        no_device = speech.output.unavailable
         level = DiagnosticStatus.WARN if stats.last_error or no_device else DiagnosticStatus.OK
         message = "speaking" if stats.speaking else "idle"
         if no_device:
@@ -232,12 +283,12 @@ class TTSNode(Node):
             "files": stats.files,
             "playback_failures": stats.playback_failures,
             "queued": stats.queued,
-            "max_queued": self._speech.max_queued,
+            "max_queued": speech.max_queued,
             "speaking": stats.speaking,
             "audio_s_per_synthesis_s": f"{stats.audio_s_per_synthesis_s:.1f}",
             "backend": self._backend_name,
-            "voice": self._speech.voice,
-            "output": self._speech.output.label,
+            "voice": speech.voice,
+            "output": speech.output.label,
             "output_device": no_device or "ok",
             "last_error": stats.last_error,
         }
@@ -250,14 +301,16 @@ class TTSNode(Node):
     def begin_shutdown(self) -> None:
         """The runner calls this while the executor still spins: pending `say` calls get
         their answer (success=false, "shutting down") before the node goes."""
-        self._speech.stop("shutting down")
+        speech = self._speech
+        if speech is not None:
+            speech.stop("shutting down")
 
     def drained(self) -> bool:
         with self._pending_lock:
             return self._pending_says == 0
 
     def close(self) -> None:
-        self._speech.close()
+        super().close()  # the shutdown transition: deactivate, cleanup
 
 
 def main() -> None:
