@@ -296,7 +296,7 @@ class Rig:
 
     def _on_diag(self, msg) -> None:
         for status in msg.status:
-            for name in ("speech_spec", "speech_base"):
+            for name in ("speech_spec", "speech_base", "fusion_node"):
                 if name in status.name:
                     with self.lock:
                         self.diagnostics[name] = {kv.key: kv.value for kv in status.values}
@@ -355,8 +355,25 @@ class Rig:
             finals = [(t, m) for t, m in self.utterances[n_utt:] if m.is_final]
             tokens = self.first_tokens[n_tok:]
             speculative = [t for t, m in self.utterances[n_utt:] if m.speculative]
+        # The node's own timeline of this turn (turn.* on its /diagnostics) and the chat
+        # engine's view of the answer (fusion_node's last_ttft_s, last_prompt_tokens).
+        time.sleep(0.6)
+        name = {"spec": "speech_spec", "base": "speech_base"}[which]
+        with self.lock:
+            diag = dict(self.diagnostics.get(name, {}))
+            fusion = dict(self.diagnostics.get("fusion_node", {}))
+        end_wall = wall0 + (len(lead) + len(speech)) / RATE
+        timeline = {
+            key[5:]: float(value) - end_wall
+            for key, value in diag.items()
+            if key.startswith("turn.") and key != "turn.partial_running"
+        }
+        timeline["partial_running"] = float(diag.get("turn.partial_running", "nan"))
+        for key in ("last_ttft_s", "last_prompt_tokens"):
+            timeline[key] = float(fusion.get(key, "nan"))
         return {
             "end": end_of_speech,
+            "timeline": timeline,
             "finals": finals,
             "tokens": tokens,
             "speculative": speculative,
@@ -378,11 +395,60 @@ class Rig:
                 proc.kill()
 
 
+# Where the time between the end of speech and the first token goes: speech_node's turn.*
+# timeline (wall times on /diagnostics), relative to the real end of speech.
+BREAKDOWN = (
+    ("speech_end", "VAD's end of speech (last speech window)"),
+    ("spec_due", "pause of speculate_silence_ms seen (VAD + chunking)"),
+    ("spec_start", "speculative transcription starts (worker free)"),
+    ("spec_done", "speculative transcription done"),
+    ("final_due", "turn committed (end of turn detected)"),
+    ("final_start", "final job starts on the worker"),
+    ("published", "final utterance published"),
+    ("received", "final utterance received by the client"),
+    ("first_token", "first answer token received"),
+)
+
+
+def print_breakdown(timelines: dict[str, list[dict[str, float]]]) -> None:
+    print("   breakdown, median seconds after the real end of speech (n = turns with the step):")
+    for key, label in BREAKDOWN:
+        cells = []
+        for which in ("spec", "base"):
+            values = [t[key] for t in timelines[which] if key in t and t[key] == t[key]]
+            cells.append(
+                f"{statistics.median(values):7.3f} (n={len(values)})" if values else " " * 13
+            )
+        print(f"     {label:52s} {cells[0]}   {cells[1]}")
+    for which in ("spec", "base"):
+        rows = timelines[which]
+        if not rows:
+            continue
+        partial = sum(1 for t in rows if t.get("partial_running") == 1.0)
+        wait = [t["spec_start"] - t["spec_due"] for t in rows if "spec_start" in t]
+        transcribe = [t["spec_done"] - t["spec_start"] for t in rows if "spec_done" in t]
+        ttft = [t["last_ttft_s"] for t in rows]
+        tokens = [t["last_prompt_tokens"] for t in rows]
+        print(
+            f"   {which}: speculation waited for a running partial in {partial}/{len(rows)} turns"
+            + (f" (wait median {statistics.median(wait):.3f} s)" if wait else "")
+            + (
+                f", transcription median {statistics.median(transcribe):.3f} s"
+                if transcribe
+                else ""
+            )
+            + f"; engine first token median {statistics.median(ttft):.3f} s after submit, "
+            f"prompt tokens evaluated median {statistics.median(tokens):.0f}",
+            flush=True,
+        )
+
+
 def latency_part(reps: int) -> None:
     samples = [speak(text) for text in LATENCY_SENTENCES]
     rig = Rig()
     try:
         results = {"spec": [], "base": []}
+        timelines = {"spec": [], "base": []}
         for rep in range(reps + 1):
             k = rep % len(samples)
             order = ("spec", "base") if rep % 2 == 0 else ("base", "spec")
@@ -392,6 +458,10 @@ def latency_part(reps: int) -> None:
                     continue  # warm-up, or nothing heard
                 final_at, final = run["finals"][0]
                 answered = [t for t in run["tokens"] if t >= final_at] or run["tokens"]
+                timelines[which].append(
+                    run["timeline"]
+                    | {"received": final_at - run["end"], "first_token": answered[0] - run["end"]}
+                )
                 results[which].append(
                     (
                         final_at - run["end"],
@@ -422,6 +492,7 @@ def latency_part(reps: int) -> None:
                 f"WER {wer:.1%}, n={len(rows)}",
                 flush=True,
             )
+        print_breakdown(timelines)
         if len(medians) == 2:
             met = "meets" if medians["spec"] <= TARGET_FIRST_TOKEN_S else "misses"
             print(

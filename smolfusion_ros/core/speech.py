@@ -432,6 +432,24 @@ class SpeechSegmenter:
         """
         self._complete = speculation
 
+    def commit_speculation(self, speculation: int) -> UtteranceEnded | None:
+        """End the turn now if `speculation` is live, marked complete, and the pause has
+        already reached end_silence_short_ms; else None (the next window decides).
+
+        For the caller that learns the transcript looks complete after the pause grew long
+        enough: the turn ends at once instead of at the next chunk of audio.
+        """
+        if (
+            self._state != "speech"
+            or self._speculation < 0
+            or self._speculation != speculation
+            or self._complete != speculation
+            or self._silence < self._short_end_windows
+        ):
+            return None
+        self.short_commits += 1
+        return self._end("short_silence")
+
     def feed(self, samples, sample_rate: int, channels: int = 1) -> list[Event]:
         """Add a chunk of int16 PCM (interleaved when channels > 1); returns the new events.
 

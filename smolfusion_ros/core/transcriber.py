@@ -1,0 +1,581 @@
+"""The transcription worker and the partial / speculation / final policy (ROS-free).
+
+`Transcriber` turns a stream of audio chunks into utterance results: it feeds the chunks to a
+`SpeechSegmenter` (VAD) and hands its events to one `TranscriptionWorker` thread that runs the
+speech-to-text back end, never the caller's thread (in speech_node: an executor thread).
+
+Policy, in order of priority on the one worker:
+
+* Finals are always transcribed, in order, unless the speculative transcript of the pause
+  that ended the turn covers the same audio (no speech since it was taken): that transcript
+  is the final, published at once without waiting for the worker.
+* A speculation (a pause of `speculate_silence_ms`) is queued before everything but finals;
+  a newer one replaces one still waiting, and speech resuming withdraws it (a false start).
+  When its transcript looks complete (`looks_complete`) and the pause has already reached
+  `end_silence_short_ms`, the turn is committed there and then, from the worker, instead of
+  waiting for the next audio chunk.
+* A partial (a preview while the person speaks) runs only on an idle worker: partials never
+  queue, and a skipped one is counted.
+
+Queues are bounded: at most `max_finals` finals wait (a full queue drops the oldest, counted as
+finals_dropped), at most one speculation and one partial.
+
+Every turn keeps a timeline of wall times (`last_timeline`): the VAD's end of speech, the
+speculation queued / started / done, the turn committed, the final started and published; it
+says where the time between the end of speech and the utterance goes.
+
+Thread safety: `feed`, `flush`, `tick`, `set_muted`, `set_enabled` may be called from any
+thread (one lock guards the segmenter); results are delivered on the worker thread, or on the
+caller's thread for a final that reuses a finished speculation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from smolfusion_ros.backends.stt.base import SpeechToText, Transcript
+from smolfusion_ros.core.speech import (
+    PartialDue,
+    SpeculationDiscarded,
+    SpeculationDue,
+    SpeechSegmenter,
+    UtteranceEnded,
+    looks_complete,
+)
+
+SPECULATION_CACHE = 4  # speculative transcripts kept for reuse (only the newest is ever used)
+STREAM_GAP_MIN_S = 1.5  # audio silent this long mid-utterance ends it (a file or device stopped)
+
+PARTIAL, SPECULATION, FINAL = "partial", "speculation", "final"
+
+
+@dataclass
+class Job:
+    """One transcription: a partial preview, a speculation at a pause, or a final."""
+
+    kind: str  # PARTIAL | SPECULATION | FINAL
+    audio: np.ndarray
+    utterance: int
+    generation: int  # Transcriber generation when queued: older partials/speculations are stale
+    speculation: int = -1  # a speculation: its number; a final: the one whose text it may reuse
+    reason: str = ""  # why a final ended (silence, short_silence, max_length, flush)
+    audio_end: float = 0.0  # wall (capture) time of the end of the chunk that ended the turn
+    trailing_silence_s: float = 0.0  # audio between the end of speech and that chunk's end
+    submitted: float = 0.0  # wall times: queued, started on the worker, done
+    started: float = 0.0
+    finished: float = 0.0
+    reused: bool = False  # a final that took its speculation's transcript
+
+
+@dataclass(frozen=True)
+class UtteranceResult:
+    """What the node publishes: a partial, a speculative or a final utterance."""
+
+    text: str
+    confidence: float
+    locale: str
+    utterance: int
+    is_final: bool
+    speculative: bool
+    reused: bool = False  # a final that took its speculation's transcript
+    reason: str = ""
+    audio_s: float = 0.0
+    compute_s: float = 0.0
+    latency_s: float = -1.0  # finals: end of speech (by the chunks' stamps) -> published
+
+
+class TranscriptionWorker:
+    """One thread that transcribes, with the bounded queues described in the module doc."""
+
+    def __init__(
+        self,
+        backend: SpeechToText,
+        on_result: Callable[[Job, Transcript], None],
+        on_error: Callable[[Job, str], None],
+        max_finals: int = 8,
+    ) -> None:
+        self._backend = backend
+        self._on_result = on_result
+        self._on_error = on_error
+        self.max_finals = max(1, int(max_finals))
+        self._finals: deque[Job] = deque()
+        self._speculation: Job | None = None
+        self._partial: Job | None = None
+        self._cond = threading.Condition()
+        self._running: Job | None = None
+        self._stopping = False
+        self._speculated: dict[int, Transcript] = {}  # speculation number -> transcript
+        self.finals_dropped = 0
+        self._thread = threading.Thread(target=self._run, name="stt_worker", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        return self._running is not None
+
+    @property
+    def running_kind(self) -> str:
+        job = self._running
+        return job.kind if job is not None else ""
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._finals) + (self._speculation is not None) + (self._partial is not None)
+
+    def submit_speculation(self, job: Job) -> None:
+        with self._cond:
+            # A preview of this utterance is pointless once its pause is being transcribed.
+            self._partial = None
+            self._speculation = job
+            self._cond.notify()
+
+    def discard_speculation(self, speculation: int) -> None:
+        """Speech resumed: drop the job if it has not started, and its transcript."""
+        with self._cond:
+            if self._speculation is not None and self._speculation.speculation == speculation:
+                self._speculation = None
+            self._speculated.pop(speculation, None)
+
+    def offer_partial(self, job: Job) -> bool:
+        """Queue a preview only when the worker has nothing else to do."""
+        with self._cond:
+            if self._running is not None or self._finals or self._speculation or self._partial:
+                return False
+            self._partial = job
+            self._cond.notify()
+            return True
+
+    def take_speculated(self, speculation: int) -> Transcript | None:
+        """The finished transcript of `speculation` (removed), or None."""
+        with self._cond:
+            return self._speculated.pop(speculation, None) if speculation >= 0 else None
+
+    def submit_final(self, job: Job) -> None:
+        with self._cond:
+            self._partial = None
+            if self._speculation is not None and self._speculation.speculation != job.speculation:
+                self._speculation = None  # a speculation this final does not reuse
+            if len(self._finals) >= self.max_finals:
+                self._finals.popleft()
+                self.finals_dropped += 1
+            self._finals.append(job)
+            self._cond.notify()
+
+    def _next(self) -> Job | None:
+        """Called with the lock held: the next job by priority, or None."""
+        if self._finals:
+            final = self._finals[0]
+            # The speculation a final reuses runs first (it is the final's transcript).
+            spec = self._speculation
+            if spec is not None and spec.speculation == final.speculation:
+                self._speculation = None
+                return spec
+            return self._finals.popleft()
+        if self._speculation is not None:
+            job, self._speculation = self._speculation, None
+            return job
+        job, self._partial = self._partial, None
+        return job
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                job = self._next()
+                while job is None and not self._stopping:
+                    self._cond.wait()
+                    job = self._next()
+                if self._stopping:
+                    return
+                self._running = job
+                job.started = time.time()
+                reused = (
+                    self._speculated.pop(job.speculation, None)
+                    if job.kind == FINAL and job.speculation >= 0
+                    else None
+                )
+            try:
+                if reused is not None:
+                    job.reused = True
+                    result = Transcript(
+                        reused.text, reused.confidence, reused.locale, reused.audio_s, 0.0
+                    )
+                else:
+                    # A speculation is transcribed as a final (beam search): it may become one.
+                    result = self._backend.transcribe(job.audio, job.kind != PARTIAL)
+                if job.kind == SPECULATION:
+                    with self._cond:
+                        self._speculated[job.speculation] = result
+                        while len(self._speculated) > SPECULATION_CACHE:
+                            self._speculated.pop(next(iter(self._speculated)))
+                job.finished = time.time()
+            except Exception as exc:  # one failed transcription never stops the worker
+                self._on_error(job, f"{type(exc).__name__}: {exc}")
+            else:
+                try:
+                    self._on_result(job, result)
+                except Exception as exc:  # nor does a failing result handler
+                    self._on_error(job, f"result handler: {type(exc).__name__}: {exc}")
+            finally:
+                with self._cond:
+                    self._running = None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._finals.clear()
+            self._speculation = self._partial = None
+            self._cond.notify()
+        self._thread.join(timeout)
+
+
+class SequenceCheck:
+    """Chunks lost on the way, by AudioChunk.seq (0, 1, 2, ... per stream).
+
+    A publisher that leaves seq at 0 is not checked; a lower number than expected is a new
+    stream (a restarted microphone), not a loss.
+    """
+
+    def __init__(self) -> None:
+        self._next: int | None = None
+        self.lost_chunks = 0
+        self.stream_gaps = 0
+        self.stream_restarts = 0
+
+    def check(self, seq: int) -> None:
+        expected, self._next = self._next, seq + 1
+        if expected is None or (seq == 0 and expected == 1):
+            return
+        if seq > expected:
+            self.lost_chunks += seq - expected
+            self.stream_gaps += 1
+        elif seq < expected:
+            self.stream_restarts += 1
+
+
+@dataclass
+class _Counts:
+    chunks: int = 0
+    dropped_chunks: int = 0  # malformed chunks (count_error)
+    muted_chunks: int = 0
+    disabled_chunks: int = 0
+    utterances: int = 0
+    partials: int = 0
+    partials_skipped: int = 0
+    empty_results: int = 0
+    errors: int = 0
+    speculations: int = 0
+    false_starts: int = 0
+    speculations_reused: int = 0
+    speculation_waits: int = 0  # speculations queued while the worker was busy
+    early_commits: int = 0  # turns committed by the worker as its speculation finished
+
+
+class Transcriber:
+    """Segmenter + worker + policy: audio chunks in, `UtteranceResult`s out (see module doc)."""
+
+    def __init__(
+        self,
+        backend: SpeechToText,
+        segmenter: SpeechSegmenter,
+        publish: Callable[[UtteranceResult], None],
+        on_error: Callable[[str], None] | None = None,
+        language: str = "en",
+        max_finals: int = 8,
+        stream_gap_s: float | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.backend = backend
+        self.segmenter = segmenter
+        self._publish = publish
+        self._report_error = on_error or (lambda _msg: None)
+        self.language = language
+        # Well above the end-of-speech silence: a chunk delayed by a busy machine or network
+        # must not cut a sentence in two.
+        self.stream_gap_s = (
+            stream_gap_s
+            if stream_gap_s is not None
+            else max(STREAM_GAP_MIN_S, 2 * segmenter.config.end_silence_ms / 1000.0)
+        )
+        self._lock = threading.RLock()
+        self._enabled = enabled
+        self._muted = False
+        self._generation = 0  # bumped on mute/disable: partials of older audio are dropped
+        self._live_speculation = -1  # the speculation whose transcript may still be published
+        self._last_partial_text: dict[int, str] = {}
+        self._last_chunk_at: float | None = None  # monotonic
+        self._last_audio_end = 0.0  # wall (capture) time of the end of the last chunk
+        self.counts = _Counts()
+        self.sequence = SequenceCheck()
+        self.audio_s = 0.0
+        self.compute_s = 0.0
+        self.last_rtf = 0.0
+        self.last_latency_s = -1.0  # end of speech -> final published
+        self.last_finalise_s = -1.0  # turn committed -> final published
+        self.last_error = ""
+        # Wall times of the turn in progress and of the last finished one (module doc).
+        self._timeline: dict[str, float] = {}
+        self.last_timeline: dict[str, float] = {}
+        self.worker = TranscriptionWorker(backend, self._on_result, self._on_error, max_finals)
+
+    # ---- input -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if not self._enabled:
+            return "disabled"
+        if self._muted:
+            return "muted"
+        return self.segmenter.state
+
+    def feed(
+        self,
+        samples,
+        sample_rate: int,
+        channels: int = 1,
+        seq: int = 0,
+        audio_end: float | None = None,
+    ) -> None:
+        """One chunk of int16 PCM. `audio_end`: wall (capture) time of its last sample, when
+        the publisher stamped it (latency then includes transport). Raises AudioFormatError
+        for a malformed chunk (nothing changes)."""
+        now = time.time()
+        with self._lock:
+            self.counts.chunks += 1
+            self.sequence.check(int(seq))
+            if not self._enabled:
+                self.counts.disabled_chunks += 1
+                return
+            if self._muted:
+                self.counts.muted_chunks += 1
+                return
+            try:
+                events = self.segmenter.feed(samples, sample_rate, channels)
+            except Exception as exc:
+                self.counts.dropped_chunks += 1
+                self.last_error = f"bad audio chunk: {exc}"
+                raise
+            self._last_chunk_at = time.monotonic()
+            self._last_audio_end = min(audio_end, now) if audio_end else now
+            self._handle(events, self._last_audio_end, now)
+
+    def tick(self) -> None:
+        """Call periodically: audio that stopped mid-utterance (a file ended, a device
+        vanished) finishes the utterance instead of waiting for silence that never comes."""
+        with self._lock:
+            if self.segmenter.state != "speech" or self._last_chunk_at is None:
+                return
+            if time.monotonic() - self._last_chunk_at < self.stream_gap_s:
+                return
+            now = time.time()
+            self._handle(self.segmenter.flush(), now - self.stream_gap_s, now)
+
+    def flush(self) -> None:
+        """End of stream: finish the utterance in progress now."""
+        with self._lock:
+            now = time.time()
+            self._handle(self.segmenter.flush(), now, now)
+
+    def set_muted(self, muted: bool) -> None:
+        """While muted (the robot speaks) audio is dropped; a change forgets the utterance in
+        progress and starts from a clean VAD state."""
+        with self._lock:
+            if muted != self._muted:
+                self._muted = muted
+                self._forget()
+
+    def set_enabled(self, enabled: bool) -> None:
+        with self._lock:
+            if enabled != self._enabled:
+                self._enabled = enabled
+                self._forget()
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def _forget(self) -> None:
+        self._generation += 1
+        self._live_speculation = -1
+        self.segmenter.reset()
+
+    # ---- policy (called with the lock held) --------------------------------------------------
+
+    def _handle(self, events, audio_end: float, now: float) -> None:
+        for event in events:
+            if isinstance(event, PartialDue):
+                job = Job(PARTIAL, event.audio, event.utterance, self._generation, submitted=now)
+                if not self.worker.offer_partial(job):
+                    self.counts.partials_skipped += 1
+            elif isinstance(event, SpeculationDue):
+                self.counts.speculations += 1
+                self._live_speculation = event.speculation
+                busy = self.worker.busy
+                self.counts.speculation_waits += busy
+                self._timeline = {
+                    "speech_end": audio_end - event.trailing_silence_s,
+                    "spec_due": now,
+                    "spec_waited_for_partial": float(self.worker.running_kind == PARTIAL),
+                }
+                self.worker.submit_speculation(
+                    Job(
+                        SPECULATION,
+                        event.audio,
+                        event.utterance,
+                        self._generation,
+                        speculation=event.speculation,
+                        submitted=now,
+                    )
+                )
+            elif isinstance(event, SpeculationDiscarded):
+                self.counts.false_starts += 1
+                self._live_speculation = -1
+                self.worker.discard_speculation(event.speculation)
+            elif isinstance(event, UtteranceEnded):
+                self._end_turn(event, audio_end, now)
+
+    def _end_turn(self, event: UtteranceEnded, audio_end: float, now: float) -> None:
+        self._live_speculation = -1
+        if event.speculation < 0:
+            self._timeline = {}
+        self._timeline["speech_end"] = audio_end - event.trailing_silence_s
+        self._timeline["final_due"] = now
+        job = Job(
+            FINAL,
+            event.audio,
+            event.utterance,
+            self._generation,
+            speculation=event.speculation,
+            reason=event.reason,
+            audio_end=audio_end,
+            trailing_silence_s=event.trailing_silence_s,
+            submitted=now,
+        )
+        done = self.worker.take_speculated(event.speculation)
+        if done is None:
+            self.worker.submit_final(job)
+            return
+        # The speculation already has this turn's transcript: publish it now, without
+        # waiting behind whatever the worker runs.
+        job.reused = True
+        job.started = job.finished = now
+        self._deliver(job, Transcript(done.text, done.confidence, done.locale, done.audio_s, 0.0))
+
+    # ---- results -----------------------------------------------------------------------------
+
+    def _on_result(self, job: Job, result: Transcript) -> None:
+        """On the worker thread."""
+        with self._lock:
+            if job.kind == SPECULATION and job.speculation == self._live_speculation:
+                self._timeline.update(spec_start=job.started, spec_done=job.finished)
+        self._deliver(job, result)
+        if job.kind != SPECULATION:
+            return
+        with self._lock:
+            if (
+                job.generation != self._generation
+                or job.speculation != self._live_speculation
+                or not looks_complete(result.text)
+            ):
+                return
+            # The pause may be the end of the turn: a shorter silence commits it, and when
+            # the pause is that long already, it is committed now.
+            self.segmenter.mark_complete(job.speculation)
+            event = self.segmenter.commit_speculation(job.speculation)
+            if event is not None:
+                self.counts.early_commits += 1
+                self._end_turn(event, self._last_audio_end, time.time())
+
+    def _deliver(self, job: Job, result: Transcript) -> None:
+        text = result.text.strip()
+        with self._lock:
+            if not job.reused:  # a reused transcript was counted as its speculation
+                self.audio_s += result.audio_s
+                self.compute_s += result.compute_s
+                if result.audio_s > 0:
+                    self.last_rtf = result.compute_s / result.audio_s
+            stale = job.generation != self._generation
+            if job.kind == SPECULATION:
+                # Published only while no speech followed and the turn has not ended yet.
+                if stale or not text or job.speculation != self._live_speculation:
+                    return
+            elif job.kind == PARTIAL:
+                # Audio from before a mute or a disable, or a partial that changes nothing.
+                if stale or not text or self._last_partial_text.get(job.utterance) == text:
+                    return
+                self._last_partial_text = {job.utterance: text}
+                self.counts.partials += 1
+            elif not text:
+                self.counts.empty_results += 1
+                return
+            latency = -1.0
+            if job.kind == FINAL:
+                done = time.time()
+                self.counts.utterances += 1
+                self.counts.speculations_reused += job.reused
+                self.last_finalise_s = done - job.submitted
+                latency = done - (job.audio_end - job.trailing_silence_s)
+                self.last_latency_s = latency
+                self._timeline.update(final_start=job.started, published=done)
+                self.last_timeline = dict(self._timeline)
+        self._publish(
+            UtteranceResult(
+                text=text,
+                confidence=float(result.confidence),
+                locale=result.locale or self.language,
+                utterance=job.utterance,
+                is_final=job.kind == FINAL,
+                speculative=job.kind == SPECULATION,
+                reused=job.reused,
+                reason=job.reason,
+                audio_s=result.audio_s,
+                compute_s=result.compute_s,
+                latency_s=latency,
+            )
+        )
+
+    def _on_error(self, job: Job, error: str) -> None:
+        with self._lock:
+            self.counts.errors += 1
+            self.last_error = f"transcription failed: {error}"
+        self._report_error(f"utterance {job.utterance}: transcription failed: {error}")
+
+    def drop_chunk(self, error: str) -> None:
+        """A malformed chunk the caller could not even decode: counted, never raised."""
+        with self._lock:
+            self.counts.chunks += 1
+            self.counts.dropped_chunks += 1
+            self.last_error = error
+
+    # ---- diagnostics -------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "state": self.state,
+                **vars(self.counts),
+                "lost_chunks": self.sequence.lost_chunks,
+                "stream_gaps": self.sequence.stream_gaps,
+                "stream_restarts": self.sequence.stream_restarts,
+                "queued_jobs": self.worker.pending,
+                "finals_dropped": self.worker.finals_dropped,
+                "max_queued_finals": self.worker.max_finals,
+                "short_commits": self.segmenter.short_commits,
+                "real_time_factor": round(self.compute_s / self.audio_s, 3)
+                if self.audio_s
+                else 0.0,
+                "last_real_time_factor": round(self.last_rtf, 3),
+                "last_latency_s": round(self.last_latency_s, 3),
+                "last_transcribe_latency_s": round(self.last_finalise_s, 3),
+                "last_error": self.last_error,
+                **{f"turn.{k}": f"{v:.3f}" for k, v in self.last_timeline.items()},
+            }
+
+    def close(self) -> None:
+        self.worker.stop()
