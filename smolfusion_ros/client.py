@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.srv import GetState
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
@@ -27,6 +29,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from smolfusion_ros.action import Converse
 from smolfusion_ros.srv import Chat
+
+# The fusion node's name (its lifecycle services are <namespace>/fusion_node/get_state ...).
+FUSION_NODE = "fusion_node"
+# The component name of fusion_node's /diagnostics status (nodes/fusion_node.py).
+LANGUAGE_MODEL_STATUS = "language model"
 
 # The client's own response queue: rclpy's default keeps the last 10, so a client with many
 # calls in flight (a burst from one behaviour tree) could lose answers on its side too.
@@ -62,6 +69,14 @@ def _wait_future(future, timeout: float, what: str):
             raise ClientError(f"{what}: no answer within {timeout} s")
         done.wait(min(remaining, 0.002))
     return future.result()
+
+
+def _full_name(node: Node, name: str) -> str:
+    """`name` (relative to `node`'s namespace unless it starts with /) as a full name."""
+    if name.startswith("/"):
+        return name
+    namespace = node.get_namespace().rstrip("/")
+    return f"{namespace}/{name}"
 
 
 class ConverseHandle:
@@ -107,6 +122,12 @@ class SmolFusionClient:
         self.node = node
         prefix = f"{namespace.rstrip('/')}/" if namespace else ""
         self._chat = node.create_client(Chat, f"{prefix}chat", qos_profile=CLIENT_QOS)
+        # Readiness (wait_until_ready): fusion_node's lifecycle state and its model's state.
+        self._fusion_name = _full_name(node, prefix + FUSION_NODE)
+        self._get_state = None
+        self._diagnostics = None
+        self._model_state = ""
+        self._model_detail = ""
         self._converse = _ActionClient(
             node,
             Converse,
@@ -148,23 +169,65 @@ class SmolFusionClient:
                 if time.monotonic() >= deadline:
                     raise ClientError("chat service: no reply reaches this client") from None
 
-    def wait_until_ready(self, timeout: float = 60.0, probe: str = "Hi") -> None:
-        """Wait for the servers, then until a 1-token chat succeeds (the model has loaded)."""
+    def wait_until_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the fusion node is active and its model has loaded.
+
+        Readiness is fusion_node's lifecycle state (the standard ~/get_state service) plus
+        its language model's state on /diagnostics ("ready"; published as soon as the load
+        ends). Nothing is generated and nothing is written to memory. The chat service and the
+        converse action are waited for too, with replies confirmed (wait_for_servers).
+        """
         deadline = time.monotonic() + timeout
+        self._watch_model_state()
         self.wait_for_servers(timeout)
+        if not self._get_state.wait_for_service(timeout_sec=max(0.0, deadline - time.monotonic())):
+            raise ClientError(f"{self._fusion_name}/get_state not available after {timeout} s")
         last = ""
-        while time.monotonic() < deadline:
-            response = self.chat(
-                probe,
-                max_tokens=1,
-                session_id="smolfusion-probe",
-                timeout=max(1.0, deadline - time.monotonic()),
-            )
-            if response.success:
+        while True:
+            # Each call is bounded: a reply dropped before the server matched this client
+            # (rmw_fastrtps, as in _confirm_replies_arrive) costs one short wait, not the rest.
+            remaining = deadline - time.monotonic()
+            try:
+                state = _wait_future(
+                    self._get_state.call_async(GetState.Request()),
+                    min(2.0, max(remaining, 0.1)),
+                    "get_state",
+                ).current_state.label
+            except ClientError:
+                state = "no reply"
+            last = f"lifecycle state {state}, model {self._model_state or 'unknown'}"
+            if self._model_detail:
+                last += f" ({self._model_detail})"
+            if state == "active" and self._model_state == "ready":
                 return
-            last = response.error
-            time.sleep(0.1)
-        raise ClientError(f"fusion node not ready after {timeout} s: {last}")
+            if time.monotonic() >= deadline:
+                raise ClientError(f"fusion node not ready after {timeout} s: {last}")
+            time.sleep(0.05)
+
+    def lifecycle_state(self, timeout: float = 5.0) -> str:
+        """fusion_node's lifecycle state label (unconfigured, inactive, active, ...)."""
+        self._watch_model_state()
+        if not self._get_state.wait_for_service(timeout_sec=timeout):
+            raise ClientError(f"{self._fusion_name}/get_state not available after {timeout} s")
+        response = _wait_future(self._get_state.call_async(GetState.Request()), timeout, "state")
+        return response.current_state.label
+
+    def _watch_model_state(self) -> None:
+        """Create (once) the get_state client and the /diagnostics subscription."""
+        if self._get_state is not None:
+            return
+        self._get_state = self.node.create_client(GetState, f"{self._fusion_name}/get_state")
+        self._diagnostics = self.node.create_subscription(
+            DiagnosticArray, "/diagnostics", self._on_diagnostics, 50
+        )
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        name = f"{self._fusion_name}: {LANGUAGE_MODEL_STATUS}"
+        for status in msg.status:
+            if status.name == name:
+                values = {kv.key: kv.value for kv in status.values}
+                self._model_state = values.get("state", "")
+                self._model_detail = values.get("detail", "")
 
     def chat(
         self,
@@ -238,6 +301,9 @@ class SmolFusionClient:
     def close(self) -> None:
         self._converse.destroy()
         self.node.destroy_client(self._chat)
+        if self._get_state is not None:
+            self.node.destroy_client(self._get_state)
+            self.node.destroy_subscription(self._diagnostics)
         if self._owns_node:
             self._executor.shutdown()
             self._spin_thread.join(timeout=5)

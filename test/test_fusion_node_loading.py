@@ -42,6 +42,8 @@ def test_chat_while_loading_is_rejected_then_answered(ros_node):
         context=context,
         parameter_overrides=[Parameter("llm.backend", value="gated_llama_cpp")],
     )
+    # In-process, nothing autostarts it (the runner does that for node processes).
+    assert node.bring_up() is None, node.last_transition_error
     executor = MultiThreadedExecutor(num_threads=8, context=context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)

@@ -73,16 +73,36 @@ def knowledge_context(ids: list[str], texts: list[str]) -> str:
 
 
 class DialogueBridge:
-    def __init__(self, node: Node, p: dict, base: PersonaBook) -> None:
+    """The knowledge client and the persona_events subscription exist for the node's whole
+    life; rules and the persona store are loaded by configure() and closed by close()."""
+
+    def __init__(self, node: Node, knowledge_node: str) -> None:
         self._node = node
         self.rules: RuleBook | None = None
+        self.store: PersonaStore | None = None
+        self._base: PersonaBook | None = None
+        self._timeout = 2.0
+        self._top_k = 3
+        self._enabled = False
+        self._search = node.create_client(SearchKnowledge, f"{knowledge_node}/search")
+        self.lookups = 0
+        self.lookup_failures = 0
+        self.last_lookup_s = 0.0
+        self.on_personas_changed = None  # set by fusion_node: callback(PersonaBook)
+        node.create_subscription(
+            String, "persona_events", self._on_persona_event, PERSONA_EVENTS_QOS
+        )
+
+    def configure(self, p: dict, base: PersonaBook) -> None:
+        """Load the rules and open the persona store; ConfigError on a bad file."""
+        self.rules = None
         if p["rules.file"]:
             values = {"robot_name": p["rules.robot_name"]} if p["rules.robot_name"] else None
             try:
                 self.rules = load_rules(paths.config_path(p["rules.file"]), values)
             except RuleError as exc:
                 raise ConfigError(str(exc)) from None
-        self.store: PersonaStore | None = None
+        self.store = None
         db = p["persona.database_path"]
         if db:
             path = paths.ros_home() / "smolfusion_ros" / "personas.db" if db == "default" else db
@@ -93,16 +113,12 @@ class DialogueBridge:
         self._base = base
         self._timeout = p["knowledge.timeout_s"]
         self._top_k = p["knowledge.top_k"]
-        self._search = None
-        if p["knowledge.enabled"]:
-            self._search = node.create_client(SearchKnowledge, f"{p['knowledge.node']}/search")
-        self.lookups = 0
-        self.lookup_failures = 0
-        self.last_lookup_s = 0.0
-        self.on_personas_changed = None  # set by fusion_node: callback(PersonaBook)
-        node.create_subscription(
-            String, "persona_events", self._on_persona_event, PERSONA_EVENTS_QOS
-        )
+        self._enabled = p["knowledge.enabled"]
+
+    def close(self) -> None:
+        store, self.store = self.store, None
+        if store is not None:
+            store.close()
 
     def personas(self) -> PersonaBook:
         """Every persona: the YAML ones and the operator ones stored beside memory."""
@@ -119,7 +135,7 @@ class DialogueBridge:
 
     def lookup(self, persona_id: str, text: str) -> tuple[str, list[str]]:
         """Relevant chunks for the prompt (chat engine thread); ("", []) when none."""
-        if self._search is None or not self._search.service_is_ready():
+        if not self._enabled or not self._search.service_is_ready():
             return "", []
         started = time.monotonic()
         done = threading.Event()

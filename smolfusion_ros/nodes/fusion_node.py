@@ -29,7 +29,6 @@ from pathlib import Path
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from smolfusion_ros import catalogue, paths
@@ -51,13 +50,15 @@ from smolfusion_ros.nodes.conversions import (
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
 from smolfusion_ros.nodes.fusion_dialogue import DialogueBridge, dialogue_parameter_specs
 from smolfusion_ros.nodes.fusion_vision import VisionBridge, vision_parameter_specs
+from smolfusion_ros.nodes.managed import AUTOSTART_SPEC, ManagedNode
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
     ParamSpec,
     at_least,
     between,
-    declare_parameters,
+    declare_parameter_specs,
     one_of,
+    read_parameters,
 )
 from smolfusion_ros.nodes.runner import CONFIG_ERROR_EXIT, request_exit, run_node
 from smolfusion_ros.srv import Chat
@@ -265,21 +266,101 @@ def _parameter_specs() -> list[ParamSpec]:
             "'default' = $ROS_HOME/smolfusion_ros/memory.db, empty = in-process only",
         ),
         ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
+        AUTOSTART_SPEC,
     ]
 
 
-class FusionNode(Node):
-    """The conversation node: LLM answers for chat, converse and utterances."""
+class FusionNode(ManagedNode):
+    """The conversation node: LLM answers for chat, converse and utterances.
+
+    A managed node (nodes/managed.py). Its services, action, topics and timer exist for its
+    whole life; configure() builds the personas, rules, back ends, session store and chat
+    engine and starts the model loading in the background (diagnostics say "loading" until it
+    is done); activate() starts taking requests and camera frames; deactivate() stops taking
+    them (answers already accepted are finished; new calls get "node is inactive"); cleanup()
+    stops the engine (a running summary is preempted, queued requests are answered) and frees
+    the models. deactivate -> cleanup -> `ros2 param set` (e.g. llm.model_path) -> configure ->
+    activate switches models without restarting the process.
+    """
 
     def __init__(self, node_name: str = "fusion_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(
-            self, _parameter_specs() + vision_parameter_specs() + dialogue_parameter_specs()
+        self._specs = _parameter_specs() + vision_parameter_specs() + dialogue_parameter_specs()
+        declare_parameter_specs(self, self._specs)
+        # Read once, at construction: they name entities or size the executor.
+        initial = read_parameters(self, self._specs)
+        self._params = initial
+        self.engine: ChatEngine | None = None
+        self._engine_stopped = True
+        self._load_failure_exits = False
+
+        # Waiting callbacks must not block each other or the topic callbacks.
+        waiting = ReentrantCallbackGroup()
+        self.vision = VisionBridge(
+            self,
+            initial["vision.frame_topic"],
+            waiting_group=waiting,
+            is_active=lambda: self.is_active,
+            inactive_error=self.inactive_error,
         )
-        self._params = p
+        # Rules, knowledge retrieval and operator personas (nodes/fusion_dialogue.py).
+        self.dialogue = DialogueBridge(self, initial["knowledge.node"])
+        self.dialogue.on_personas_changed = self._personas_changed
+        # Service calls and goals wait on an executor thread until their answer is done (the
+        # model works on the engine's thread). At most chat.max_pending + 1 chat/converse
+        # requests can be unfinished at once (more are rejected), plus the analyze calls; the
+        # runner sizes the executor above this so rejections, cancels, timers and topics always
+        # find a free thread (runner.create_executor). Sized from the value at start: a larger
+        # chat.max_pending set later only queues more, it does not hold more threads than this
+        # plus the runner's free ones.
+        self.max_waiting_calls = initial["chat.max_pending"] + 1 + self.vision.max_waiting_calls
+        self._utterances_dropped = 0
+        self._active_goals: dict[bytes, ChatJob] = {}
+        self._goals_lock = threading.Lock()
+        # chat calls and converse goals being served; shutdown waits until they have answered
+        self._calls_in_flight = 0
+        self._calls_lock = threading.Lock()
+        self._closing = False
+
+        self._stream_pub = self.create_publisher(ResponseChunk, "response_stream", 100)
+        self._response_pub = self.create_publisher(Turn, "response", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        self.create_service(
+            Chat, "chat", self._on_chat, qos_profile=REQUEST_QOS, callback_group=waiting
+        )
+        self._converse = ActionServer(
+            self,
+            Converse,
+            "converse",
+            execute_callback=self._execute_converse,
+            goal_callback=lambda _goal: GoalResponse.ACCEPT,
+            cancel_callback=self._on_cancel,
+            callback_group=waiting,
+            goal_service_qos_profile=REQUEST_QOS,
+            result_service_qos_profile=REQUEST_QOS,
+            cancel_service_qos_profile=REQUEST_QOS,
+            feedback_pub_qos_profile=FEEDBACK_QOS,
+        )
+        self.create_subscription(
+            Utterance,
+            "utterance",
+            self._on_utterance,
+            20,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+        # /diagnostics in every lifecycle state (a monitor sees an unconfigured node too).
+        self.create_timer(
+            initial["diagnostics_period_s"],
+            self._publish_diagnostics,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+
+    # --------------------------------------------------------------- lifecycle
+    def configure(self) -> None:
+        p = read_parameters(self, self._specs)
         if p["chat.default_max_tokens"] > p["chat.max_tokens_limit"]:
             raise ConfigError("chat.default_max_tokens is larger than chat.max_tokens_limit")
-
         personas_path = paths.config_path(p["persona.file"])
         try:
             personas = load_personas(personas_path, p["persona.default"])
@@ -287,8 +368,7 @@ class FusionNode(Node):
             raise ConfigError(f"persona file {personas_path} does not exist") from None
         except PersonaError as exc:
             raise ConfigError(str(exc)) from None
-        # Rules, knowledge retrieval and operator personas (nodes/fusion_dialogue.py).
-        self.dialogue = DialogueBridge(self, p, personas)
+        self.dialogue.configure(p, personas)
         personas = self.dialogue.personas()
         model_path = self._llm_model_path(p)
         self._model_path = model_path
@@ -332,88 +412,77 @@ class FusionNode(Node):
             summary_batch=p["memory.summary_batch"],
             summary_max_tokens=p["memory.summary_max_tokens"],
         )
-        # Waiting callbacks must not block each other or the topic callbacks.
-        waiting = ReentrantCallbackGroup()
-        self.vision = (
-            VisionBridge(self, p, llm_busy=lambda: self.engine.busy, waiting_group=waiting)
-            if p["vision.backend"]
-            else None
-        )
-        self.engine = ChatEngine(
+        if p["vision.backend"]:
+            self.vision.configure(p, llm_busy=self._llm_busy)
+        worker = self.vision.worker
+        engine = ChatEngine(
             backend,
             personas,
             self._session_store(p),
             settings,
-            vision=self.vision.worker if self.vision else None,
-            classifier=self.vision.classifier if self.vision else None,
+            vision=worker,
+            classifier=self.vision.classifier if worker else None,
             on_loaded=self._on_model_loaded,
             rules=self.dialogue.rules,
             knowledge=self.dialogue.lookup if p["knowledge.enabled"] else None,
             reload_personas=self.dialogue.personas,
             language_of=self.dialogue.language_of,
         )
-        self.dialogue.on_personas_changed = self._personas_changed
-        # Service calls and goals wait on an executor thread until their answer is done (the
-        # model works on the engine's thread). At most chat.max_pending + 1 chat/converse
-        # requests can be unfinished at once (more are rejected), plus the analyze calls; the
-        # runner sizes the executor above this so rejections, cancels, timers and topics always
-        # find a free thread (runner.create_executor).
-        self.max_waiting_calls = (
-            p["chat.max_pending"] + 1 + (self.vision.max_waiting_calls if self.vision else 0)
-        )
-        self._utterances_dropped = 0
-        self._active_goals: dict[bytes, ChatJob] = {}
-        self._goals_lock = threading.Lock()
-        # chat calls and converse goals being served; shutdown waits until they have answered
-        self._calls_in_flight = 0
-        self._calls_lock = threading.Lock()
-        self._closing = False
-        self._closed = False
-
-        self._stream_pub = self.create_publisher(ResponseChunk, "response_stream", 100)
-        self._response_pub = self.create_publisher(Turn, "response", 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.engine.add_token_observer(self._publish_chunk)
-        self.engine.add_done_observer(self._publish_final)
-
-        self.create_service(
-            Chat, "chat", self._on_chat, qos_profile=REQUEST_QOS, callback_group=waiting
-        )
-        self._converse = ActionServer(
-            self,
-            Converse,
-            "converse",
-            execute_callback=self._execute_converse,
-            goal_callback=lambda _goal: GoalResponse.ACCEPT,
-            cancel_callback=self._on_cancel,
-            callback_group=waiting,
-            goal_service_qos_profile=REQUEST_QOS,
-            result_service_qos_profile=REQUEST_QOS,
-            cancel_service_qos_profile=REQUEST_QOS,
-            feedback_pub_qos_profile=FEEDBACK_QOS,
-        )
-        self.create_subscription(
-            Utterance,
-            "utterance",
-            self._on_utterance,
-            20,
-            callback_group=MutuallyExclusiveCallbackGroup(),
-        )
-        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
-
+        engine.add_token_observer(self._publish_chunk)
+        engine.add_done_observer(self._publish_final)
+        self._params = p
+        # A background load that fails stops the process only when nothing manages the node
+        # (autostart, e.g. ros2 launch): a lifecycle manager can clean up and configure again.
+        self._load_failure_exits = self.autostart
+        self.engine = engine
+        self._engine_stopped = False
         # Logged before the load starts: llama.cpp silences stderr process-wide while loading.
         self.get_logger().info(
             f"loading {backend.model_name} with {p['llm.backend']} "
             f"(n_ctx={p['llm.n_ctx']}, threads={p['llm.n_threads']}); "
             f"personas: {', '.join(personas.ids())}"
         )
-        self.engine.start()
-        if self.vision:
-            self.vision.worker.start()
+        # The models load on the engine's and the vision worker's threads: the transition
+        # returns at once (the executor thread is not held for seconds) and the node reports
+        # LOADING until they are ready; requests meanwhile get "still loading".
+        engine.start()
+        self.vision.start()
+
+    def cleanup(self) -> None:
+        self._stop_engine()
+        self.engine = None
+        self.dialogue.close()
+
+    def after_transition(self) -> None:
+        # /diagnostics at once: clients (SmolFusionClient.wait_until_ready) and the gateway
+        # read the model's state from it, and a stale "ready" must not outlive a cleanup.
+        if self.context.ok():
+            self._publish_diagnostics()
+
+    def _stop_engine(self) -> None:
+        """Stop the vision worker and the engine (idempotent): the running answer stops before
+        its next token, a running summary is preempted, queued requests are answered with
+        success=false, then the models are freed."""
+        self.vision.close()
+        engine = self.engine
+        if engine is not None and not self._engine_stopped:
+            self._engine_stopped = True
+            engine.stop()
+            close = getattr(engine.sessions, "close", None) or getattr(
+                getattr(engine.sessions, "store", None), "close", None
+            )
+            if close is not None:
+                close()
+
+    def _llm_busy(self) -> bool:
+        engine = self.engine
+        return engine is not None and engine.busy
 
     def _personas_changed(self, book) -> None:
         """persona_events: an operator persona was created, replaced or deleted."""
-        self.engine.personas = book
+        engine = self.engine
+        if engine is not None:
+            engine.personas = book
 
     @staticmethod
     def _llm_model_path(p: dict) -> Path | None:
@@ -450,16 +519,21 @@ class FusionNode(Node):
         return PersistentSessionStore(store, p["session.window_turns"])
 
     def _on_model_loaded(self, state: EngineState, detail: str) -> None:
+        # Published at once, not at the next tick: clients wait for "ready" on /diagnostics.
+        with contextlib.suppress(Exception):
+            self._publish_diagnostics()
         if state is EngineState.READY:
             self.get_logger().info(f"ready: {detail}")
             return
+        engine = self.engine
+        model = engine.backend.model_name if engine is not None else "?"
+        if not self._load_failure_exits:
+            # Managed from outside: stay up reporting ERROR; cleanup + configure can retry.
+            self.get_logger().error(f"the language model {model} failed to load: {detail}")
+            return
         # A node that cannot answer must not look alive: ERROR on /diagnostics now (and on
         # every tick until it goes), then a clean exit with one line, as for a ConfigError.
-        self._publish_diagnostics()
-        message = (
-            f"configuration error: the language model {self.engine.backend.model_name} "
-            f"failed to load: {detail}"
-        )
+        message = f"configuration error: the language model {model} failed to load: {detail}"
         threading.Thread(
             target=self._exit_after_reporting, args=(message,), name="load-failure", daemon=True
         ).start()
@@ -487,8 +561,12 @@ class FusionNode(Node):
                 self._calls_in_flight -= 1
 
     def _answer_chat(self, request: Chat.Request, response: Chat.Response) -> Chat.Response:
+        engine = self.engine
+        if engine is None or not self.is_active:
+            response.success, response.error = False, self._refusal()
+            return response
         try:
-            job = self.engine.submit(self._request_from(request, "service"))
+            job = engine.submit(self._request_from(request, "service"))
         except RequestRejected as exc:
             response.success, response.error = False, str(exc)
             return response
@@ -506,6 +584,9 @@ class FusionNode(Node):
             response.success, response.error = False, job.deadline_error()
             return response
         return fill_chat_response(response, result)
+
+    def _refusal(self) -> str:
+        return "the node is shutting down" if self._closing else self.inactive_error()
 
     def _request_from(self, msg, source: str) -> ChatRequest:
         return chat_request_from(msg, source, self._params["chat.request_timeout_s"])
@@ -530,8 +611,13 @@ class FusionNode(Node):
         result_msg = Converse.Result()
         feedback_queue: queue.SimpleQueue = queue.SimpleQueue()
         key = bytes(goal_handle.goal_id.uuid)
+        engine = self.engine
+        if engine is None or not self.is_active:
+            goal_handle.abort()
+            result_msg.success, result_msg.error = False, self._refusal()
+            return result_msg
         try:
-            job = self.engine.submit(
+            job = engine.submit(
                 self._request_from(goal_handle.request, "action"),
                 listener=lambda _job, delta, partial, n: feedback_queue.put((delta, partial, n)),
             )
@@ -584,8 +670,9 @@ class FusionNode(Node):
         # answer: the engine evaluates the prompt it would get, so the final answer starts from
         # a warm cache. Nothing is answered, spoken or stored before the final utterance.
         speculative = msg.speculative and not msg.is_final
-        if not msg.is_final and not speculative:
-            return
+        engine = self.engine
+        if (not msg.is_final and not speculative) or engine is None or not self.is_active:
+            return  # inactive: a behaviour tree switched listening off
         request = ChatRequest(
             text=msg.text,
             session_id=msg.session_id,
@@ -597,10 +684,10 @@ class FusionNode(Node):
         if speculative:
             # Returns False (does nothing) when invalid, not ready, or the back end cannot;
             # the final utterance is answered either way.
-            self.engine.prefill(request)
+            engine.prefill(request)
             return
         try:
-            self.engine.submit(request)
+            engine.submit(request)
         except RequestRejected as exc:
             self._utterances_dropped += 1
             self.get_logger().warning(f"utterance not answered: {exc}")
@@ -655,14 +742,23 @@ class FusionNode(Node):
         )
 
     def _publish_diagnostics(self) -> None:
-        state = self.engine.state
+        engine = self.engine
+        if engine is None:
+            values = {"state": "unconfigured", "detail": self.last_transition_error}
+            self._diag_pub.publish(
+                diagnostic_array(
+                    self, "language model", DiagnosticStatus.WARN, "no model", "", values
+                )
+            )
+            return
+        state = engine.state
         level = {
             EngineState.READY: DiagnosticStatus.OK,
             EngineState.LOADING: DiagnosticStatus.WARN,
         }.get(state, DiagnosticStatus.ERROR)
-        stats = self.engine.stats
+        stats = engine.stats
         # A remote back end's server health (llm.backend openai): WARN while it is unreachable.
-        health_of = getattr(self.engine.backend, "health", None)
+        health_of = getattr(engine.backend, "health", None)
         health = health_of() if health_of is not None else {}
         message = state.value
         if health.get("llm_server_ok") == "False" and level == DiagnosticStatus.OK:
@@ -670,10 +766,10 @@ class FusionNode(Node):
             message = f"{state.value}, server unreachable: {health['llm_server_last_error']}"
         values = {
             "state": state.value,
-            "detail": self.engine.state_detail,
-            "model": self.engine.backend.model_name,
-            "busy": str(self.engine.busy),
-            "pending": str(self.engine.pending),
+            "detail": engine.state_detail,
+            "model": engine.backend.model_name,
+            "busy": str(engine.busy),
+            "pending": str(engine.pending),
             "served": str(stats.served),
             "cancelled": str(stats.cancelled),
             "failed": str(stats.failed),
@@ -689,14 +785,14 @@ class FusionNode(Node):
             "prefills": str(stats.prefills),
             "prefix_warmups": str(stats.warmups),
             "vision_timeouts": str(stats.vision_timeouts),
-            **(self.vision.diagnostics() if self.vision else {}),
+            **self.vision.diagnostics(),
             **self.dialogue.diagnostics(),
             "rule_answers": str(stats.rules),
             **health,
         }
         self._diag_pub.publish(
             diagnostic_array(
-                self, "language model", level, message, self.engine.backend.model_name, values
+                self, "language model", level, message, engine.backend.model_name, values
             )
         )
 
@@ -709,9 +805,7 @@ class FusionNode(Node):
         if self._closing:
             return
         self._closing = True
-        if self.vision:
-            self.vision.close()
-        self.engine.stop()
+        self._stop_engine()
 
     def drained(self) -> bool:
         """True once every chat call and converse goal has returned its answer."""
@@ -719,11 +813,10 @@ class FusionNode(Node):
             return self._calls_in_flight == 0
 
     def close(self) -> None:
-        """Stop the engine: cancels the current answer and fails queued requests."""
-        if self._closed:
-            return
-        self._closed = True
+        """Process end: everything in progress is answered (begin_shutdown), then the
+        shutdown transition releases the models (ManagedNode.close)."""
         self.begin_shutdown()
+        super().close()
 
 
 def main() -> None:

@@ -124,19 +124,62 @@ def vision_parameter_specs() -> list[ParamSpec]:
 
 
 class VisionBridge:
-    """Owns the VisionWorker for a node and its topics and service."""
+    """Owns the VisionWorker for a node and its topics and service.
+
+    The topics and the analyze service exist for the node's whole life (created once, so an
+    inactive node still answers analyze with "node is inactive"); the back end and its worker
+    are built by configure() and released by close() (fusion_node's lifecycle).
+    """
 
     def __init__(
-        self, node: Node, p: dict, llm_busy: Callable[[], bool], waiting_group: CallbackGroup
+        self,
+        node: Node,
+        frame_topic: str,
+        waiting_group: CallbackGroup,
+        is_active: Callable[[], bool],
+        inactive_error: Callable[[], str],
     ) -> None:
         self._node = node
-        self._p = p
+        self._is_active = is_active
+        self._inactive_error = inactive_error
+        self._p: dict = {}
         self.frames = LatestFrame()
         self.frames_bad = 0
+        self.classifier: VisualTurnClassifier | None = None
+        self.worker: VisionWorker | None = None
+        # analyze calls that can wait at once: the queued ones and the one being answered.
+        self.max_waiting_calls = ANALYZE_MAX_PENDING + 1
+        self._scene_pub = node.create_publisher(SceneContext, "scene", 10)
+        self._debug_pub = node.create_publisher(Image, "debug_image", qos_profile_sensor_data)
+        self._greeting_turns = node.create_publisher(Turn, "response", 10)
+        self._greeting_chunks = node.create_publisher(ResponseChunk, "response_stream", 100)
+        node.create_subscription(
+            Image,
+            frame_topic,
+            self._on_frame,
+            qos_profile_sensor_data,
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+        node.create_service(
+            Analyze,
+            "analyze",
+            self._on_analyze,
+            qos_profile=ANALYZE_QOS,
+            callback_group=waiting_group,
+        )
+
+    @property
+    def configured(self) -> bool:
+        return self.worker is not None
+
+    def configure(self, p: dict, llm_busy: Callable[[], bool]) -> None:
+        """Build the back end and its worker (not started); ConfigError on a bad parameter."""
+        self._p = p
         try:
             self.classifier = VisualTurnClassifier(p["vision.visual_patterns"])
         except ValueError as exc:
             raise ConfigError(f"vision.visual_patterns: {exc}") from None
+        self.frames = LatestFrame()  # no frame of a previous configuration is described
         backend = self._create_backend(p)
         self.worker = VisionWorker(
             backend,
@@ -151,26 +194,11 @@ class VisionBridge:
             max_pending_questions=ANALYZE_MAX_PENDING,
             concurrency=p["vision.concurrency"],
         )
-        # analyze calls that can wait at once: the queued ones and the one being answered.
-        self.max_waiting_calls = ANALYZE_MAX_PENDING + 1
-        self._scene_pub = node.create_publisher(SceneContext, "scene", 10)
-        self._debug_pub = node.create_publisher(Image, "debug_image", qos_profile_sensor_data)
-        self._greeting_turns = node.create_publisher(Turn, "response", 10)
-        self._greeting_chunks = node.create_publisher(ResponseChunk, "response_stream", 100)
-        node.create_subscription(
-            Image,
-            p["vision.frame_topic"],
-            self._on_frame,
-            qos_profile_sensor_data,
-            callback_group=MutuallyExclusiveCallbackGroup(),
-        )
-        node.create_service(
-            Analyze,
-            "analyze",
-            self._on_analyze,
-            qos_profile=ANALYZE_QOS,
-            callback_group=waiting_group,
-        )
+
+    def start(self) -> None:
+        """Start the worker's thread (it loads the vision model first)."""
+        if self.worker is not None:
+            self.worker.start()
 
     @staticmethod
     def _create_backend(p: dict):
@@ -215,6 +243,11 @@ class VisionBridge:
             heap.after_message(nbytes)
 
     def _on_frame(self, msg: Image) -> None:
+        # Inactive (a behaviour tree switched vision off) or not configured: frames are
+        # dropped here, so the scene loop has nothing new to describe and stays idle.
+        if self.worker is None or not self._is_active():
+            self._release(msg)
+            return
         try:
             rgb = self._convert(msg)
         except ImageConversionError as exc:
@@ -230,13 +263,25 @@ class VisionBridge:
 
     def _on_analyze(self, request: Analyze.Request, response: Analyze.Response):
         image = None
+        worker = self.worker
+        if worker is None or not self._is_active():
+            self._release(request.image)
+            response.success = False
+            response.error = (
+                self._inactive_error()
+                if not self._is_active()
+                else "vision is not configured (vision.backend is empty)"
+            )
+            return response
         try:
             if request.image.height or request.image.width or len(request.image.data):
                 try:
                     image = self._convert(request.image)
                 finally:
                     self._release(request.image)
-            result, _stamp = self.worker.ask(
+            # Bounded wait: after vision.timeout_s the question is withdrawn (never computed
+            # later) and the executor thread is free again.
+            result, _stamp = worker.ask(
                 request.prompt.strip(), image, timeout=self._p["vision.timeout_s"]
             )
         except (ImageConversionError, VisionUnavailable) as exc:
@@ -305,13 +350,16 @@ class VisionBridge:
         )
 
     def diagnostics(self) -> dict[str, object]:
-        stats = self.worker.stats
+        worker = self.worker
+        if worker is None:
+            return {"vision_backend": self._p.get("vision.backend", ""), "vision_state": "off"}
+        stats = worker.stats
         return {
             "vision_backend": self._p["vision.backend"],
             "vision_state": "failed"
-            if self.worker.load_error
-            else ("ready" if self.worker.ready else "loading"),
-            "vision_error": self.worker.load_error,
+            if worker.load_error
+            else ("ready" if worker.ready else "loading"),
+            "vision_error": worker.load_error,
             "scenes": stats.scenes,
             "visual_questions": stats.questions,
             "scene_preempted": stats.preempted,
@@ -322,4 +370,7 @@ class VisionBridge:
         }
 
     def close(self) -> None:
-        self.worker.stop()
+        """Stop the worker (queued questions fail, the back end is released); idempotent."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.stop()

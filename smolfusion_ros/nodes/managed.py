@@ -16,9 +16,11 @@ callbacks:
   answer, not a call that waits for a server that went away), and no entity is destroyed while
   the executor spins (rclpy's action server has raced there). Callbacks check `is_active`
   (or wrap a service handler in `when_active`) and drop topic input while inactive.
-- `autostart` (read-only parameter, false by default, true in every profile's YAML): the
-  runner configures and activates the node before it starts spinning, as nav2's lifecycle
-  manager does; this also works on Humble, where launch_ros' LifecycleNode has no autostart.
+- `autostart` (read-only parameter; true by default and in every profile's YAML, so
+  `ros2 run` and `ros2 launch` work as before): the runner configures and activates the node
+  before it starts spinning, as nav2's lifecycle manager does; this also works on Humble, where
+  launch_ros' LifecycleNode has no autostart. A lifecycle manager or behaviour tree that drives
+  the transitions itself starts the node with autostart:=false.
   A configure that fails at autostart stops the process with exit code 2 and one line, as a
   bad parameter did before nodes were managed.
 - /diagnostics built with nodes.diagnostics.diagnostic_array carries the lifecycle state
@@ -52,12 +54,12 @@ FINALIZED = "finalized"
 INACTIVE_ERROR = "node is inactive"
 
 AUTOSTART_DESCRIPTION = (
-    "configure and activate at start-up (true in the profiles; false leaves the node "
-    "unconfigured for a lifecycle manager or behaviour tree)"
+    "configure and activate at start-up (false leaves the node unconfigured for a lifecycle "
+    "manager or behaviour tree)"
 )
 # For a node's spec table (the profile test checks every YAML key against it); the base
 # declares it (read-only) before the node's own specs, and declare_parameter_specs skips it.
-AUTOSTART_SPEC = ParamSpec("autostart", False, AUTOSTART_DESCRIPTION)
+AUTOSTART_SPEC = ParamSpec("autostart", True, AUTOSTART_DESCRIPTION)
 
 
 class ManagedNode(LifecycleNode):
@@ -67,7 +69,7 @@ class ManagedNode(LifecycleNode):
         super().__init__(node_name, **kwargs)
         self.autostart: bool = self.declare_parameter(
             "autostart",
-            False,
+            True,
             ParameterDescriptor(description=AUTOSTART_DESCRIPTION, read_only=True),
         ).value
         self._state = UNCONFIGURED
@@ -88,6 +90,10 @@ class ManagedNode(LifecycleNode):
 
     def cleanup(self) -> None:
         """Release what configure() created. Must tolerate a partial configure()."""
+
+    def after_transition(self) -> None:
+        """Called after every transition, with lifecycle_state already the new state (e.g. to
+        publish /diagnostics at once instead of at the next tick). Must not raise."""
 
     # ------------------------------------------------------------------- state
     @property
@@ -123,6 +129,7 @@ class ManagedNode(LifecycleNode):
                 self.last_transition_error = reason
                 return TransitionCallbackReturn.FAILURE
             self._state = INACTIVE
+            self._after()
             return super().on_configure(state)
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -132,6 +139,7 @@ class ManagedNode(LifecycleNode):
                 self._active.clear()
                 return TransitionCallbackReturn.FAILURE
             self._state = ACTIVE
+            self._after()
             return super().on_activate(state)
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -139,6 +147,7 @@ class ManagedNode(LifecycleNode):
             self._active.clear()
             self._state = INACTIVE
             ok = self._run("deactivate", self.deactivate)
+            self._after()
             result = super().on_deactivate(state)
             return result if ok else TransitionCallbackReturn.FAILURE
 
@@ -146,6 +155,7 @@ class ManagedNode(LifecycleNode):
         with self._transition_lock:
             ok = self._run("cleanup", self.cleanup)
             self._state = UNCONFIGURED
+            self._after()
             result = super().on_cleanup(state)
             return result if ok else TransitionCallbackReturn.FAILURE
 
@@ -162,6 +172,12 @@ class ManagedNode(LifecycleNode):
             self._release()
             self._state = UNCONFIGURED
             return TransitionCallbackReturn.SUCCESS
+
+    def _after(self) -> None:
+        try:
+            self.after_transition()
+        except Exception as exc:  # reporting must never fail a transition
+            self.get_logger().warning(f"after_transition: {exc}")
 
     def _release(self) -> None:
         if self._state == ACTIVE:

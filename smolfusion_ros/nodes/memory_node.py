@@ -11,7 +11,9 @@ Parameters: database_path (empty = $ROS_HOME/smolfusion_ros/memory.db), max_turn
             default_history_turns, synchronous (FULL or NORMAL), watch_period_s
 
 Every call returns success=false with an error text on bad input; the node never dies on a
-request. A database that cannot be opened stops the node at start-up with one clear line.
+request. A managed node (nodes/managed.py): the file is opened in configure and closed in
+cleanup; while not active every service answers success=false, "node is inactive". A database
+that cannot be opened fails configure with one clear line (at autostart: exit 2).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from collections.abc import Callable
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.node import Node
 
 from smolfusion_ros import paths
 from smolfusion_ros.core.requests import RequestRejected
@@ -30,12 +31,14 @@ from smolfusion_ros.msg import MemoryEvent, Turn
 from smolfusion_ros.msg import SessionInfo as SessionInfoMsg
 from smolfusion_ros.nodes.conversions import stamp_from_wall
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.managed import AUTOSTART_SPEC, ManagedNode
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
     ParamSpec,
     between,
-    declare_parameters,
+    declare_parameter_specs,
     one_of,
+    read_parameters,
 )
 from smolfusion_ros.nodes.runner import run_node
 from smolfusion_ros.srv import (
@@ -72,56 +75,52 @@ def session_to_msg(info: SessionInfo) -> SessionInfoMsg:
     )
 
 
-class MemoryNode(Node):
+def _parameter_specs() -> list[ParamSpec]:
+    return [
+        ParamSpec("database_path", "", "SQLite file (empty = $ROS_HOME/smolfusion_ros/memory.db)"),
+        ParamSpec("max_turn_chars", 8000, "longest turn text accepted", between(1, 10_000_000)),
+        ParamSpec(
+            "default_history_turns",
+            20,
+            "turns returned when max_turns is 0",
+            between(1, 100_000),
+        ),
+        ParamSpec(
+            "synchronous",
+            "FULL",
+            "SQLite synchronous mode (FULL survives power loss, NORMAL only process crashes)",
+            one_of("FULL", "NORMAL"),
+        ),
+        ParamSpec(
+            "watch_period_s",
+            0.2,
+            "how often turns written by other processes (fusion_node) are announced "
+            "on memory_events",
+            between(0.01, 60.0),
+        ),
+        AUTOSTART_SPEC,
+    ]
+
+
+class MemoryNode(ManagedNode):
+    """A managed node: the SQLite file is opened in configure() and closed in cleanup(); its
+    services exist in every state and answer "node is inactive" unless the node is active."""
+
     def __init__(self, node_name: str = "memory_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(
-            self,
-            [
-                ParamSpec(
-                    "database_path", "", "SQLite file (empty = $ROS_HOME/smolfusion_ros/memory.db)"
-                ),
-                ParamSpec(
-                    "max_turn_chars", 8000, "longest turn text accepted", between(1, 10_000_000)
-                ),
-                ParamSpec(
-                    "default_history_turns",
-                    20,
-                    "turns returned when max_turns is 0",
-                    between(1, 100_000),
-                ),
-                ParamSpec(
-                    "synchronous",
-                    "FULL",
-                    "SQLite synchronous mode (FULL survives power "
-                    "loss, NORMAL only process crashes)",
-                    one_of("FULL", "NORMAL"),
-                ),
-                ParamSpec(
-                    "watch_period_s",
-                    0.2,
-                    "how often turns written by other processes (fusion_node) are announced "
-                    "on memory_events",
-                    between(0.01, 60.0),
-                ),
-            ],
-        )
-        path = p["database_path"] or str(paths.default_memory_database())
-        try:
-            self.store = MemoryStore(
-                path, max_turn_chars=p["max_turn_chars"], synchronous=p["synchronous"]
-            )
-        except MemoryStoreError as exc:
-            raise ConfigError(str(exc)) from None
-        self._default_turns = p["default_history_turns"]
+        self._specs = _parameter_specs()
+        declare_parameter_specs(self, self._specs)
+        initial = read_parameters(self, self._specs)
+        self.store: MemoryStore | None = None
+        self._default_turns = initial["default_history_turns"]
         self._errors = 0
         self._last_error = ""
         self._events = self.create_publisher(MemoryEvent, "memory_events", 50)
         # Every "appended" event comes from one place, in turn-id order, whoever wrote the turn.
-        self._announced_up_to = self.store.last_turn_id()
+        self._announced_up_to = 0
         self._announce_lock = threading.Lock()
         self.create_timer(
-            p["watch_period_s"], self._announce_new_turns, MutuallyExclusiveCallbackGroup()
+            initial["watch_period_s"], self._announce_new_turns, MutuallyExclusiveCallbackGroup()
         )
         self._diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         group = ReentrantCallbackGroup()
@@ -135,14 +134,36 @@ class MemoryNode(Node):
         ):
             self.create_service(srv_type, name, self._guarded(handler), callback_group=group)
         self.create_timer(1.0, self._publish_diagnostics)
-        self.get_logger().info(
-            f"memory database {self.store.path} ({self.store.turn_count()} turns stored)"
-        )
+
+    def configure(self) -> None:
+        p = read_parameters(self, self._specs)
+        path = p["database_path"] or str(paths.default_memory_database())
+        try:
+            store = MemoryStore(
+                path, max_turn_chars=p["max_turn_chars"], synchronous=p["synchronous"]
+            )
+        except MemoryStoreError as exc:
+            raise ConfigError(str(exc)) from None
+        self._default_turns = p["default_history_turns"]
+        with self._announce_lock:
+            # Turns already in the file are history, not news.
+            self._announced_up_to = store.last_turn_id()
+            self.store = store
+        self.get_logger().info(f"memory database {store.path} ({store.turn_count()} turns stored)")
+
+    def cleanup(self) -> None:
+        with self._announce_lock:
+            store, self.store = self.store, None
+        if store is not None:
+            store.close()
 
     def _guarded(self, handler: Callable) -> Callable:
         """Every bad request or storage failure becomes success=false with an error text."""
 
         def call(request, response):
+            if not self.is_active or self.store is None:
+                response.success, response.error = False, self.inactive_error()
+                return response
             try:
                 handler(request, response)
                 response.success = True
@@ -177,6 +198,8 @@ class MemoryNode(Node):
 
     def _announce_new_turns(self) -> None:
         with self._announce_lock:
+            if self.store is None or not self.is_active:
+                return
             for turn in self.store.turns_after(self._announced_up_to):
                 self._events.publish(
                     MemoryEvent(
@@ -222,20 +245,22 @@ class MemoryNode(Node):
         response.turns = [turn_to_msg(t) for t in turns]
 
     def _publish_diagnostics(self) -> None:
-        values = {
-            "database": str(self.store.path),
-            "turns": str(self.store.turn_count()),
-            "errors": str(self._errors),
-            "last_error": self._last_error,
-        }
-        self._diag.publish(
-            diagnostic_array(
-                self, "memory", DiagnosticStatus.OK, "ok", str(self.store.path), values
-            )
-        )
-
-    def close(self) -> None:
-        self.store.close()
+        with self._announce_lock:
+            store = self.store
+            if store is None:
+                values = {"database": "", "errors": str(self._errors), "last_error": ""}
+                level, message, path = DiagnosticStatus.WARN, "no database open", ""
+                values["last_error"] = self.last_transition_error
+            else:
+                path = str(store.path)
+                values = {
+                    "database": path,
+                    "turns": str(store.turn_count()),
+                    "errors": str(self._errors),
+                    "last_error": self._last_error,
+                }
+                level, message = DiagnosticStatus.OK, "ok"
+        self._diag.publish(diagnostic_array(self, "memory", level, message, path, values))
 
 
 def main() -> None:
