@@ -24,6 +24,7 @@ from smolfusion_ros.dialogue.knowledge import (
 )
 
 DATA = Path(__file__).resolve().parent / "data"
+REPO = Path(__file__).resolve().parent.parent
 # Smaller chunks than the default 300 words: the test documents are short, and a question
 # should find the one chunk that holds its answer among several.
 SETTINGS = RetrievalSettings(chunk_words=120, overlap_words=20)
@@ -269,6 +270,66 @@ def test_questions_the_documents_cannot_answer_find_nothing(loaded, question):
     assert loaded.search("guide", question, mode="dense") == []
 
 
+def _by_score(ranked):
+    return sorted(ranked, key=lambda r: (r[1], r[0]))
+
+
+def test_the_postings_copy_ranks_exactly_as_fts5_bm25(loaded):
+    """The in-memory postings (lexical_index.py) give FTS5's own bm25 ranking: the same chunks
+    with the same scores, for the labelled questions, words from the documents, a word that
+    is in no document and one FTS5 reads as two tokens (a phrase: FTS5 ranks that itself)."""
+    from smolfusion_ros.dialogue.knowledge import content_terms
+
+    # A second persona: FTS5's statistics are table-wide, the candidates per persona.
+    loaded.ingest_bytes("other", "readme.md", (REPO / "README.md").read_bytes())
+    assert loaded.wait_lexical_index(60), loaded.lexical_index_error
+    words = " ".join(DATA.joinpath("robot_manual.txt").read_text().split()[:400]).split()
+    queries = [q for q, _, _ in QUESTIONS] + [" ".join(words[i : i + 6]) for i in range(0, 400, 23)]
+    # "battery_charging": FTS5 reads two tokens, a phrase (ranked by FTS5 itself).
+    queries += ["zyxwvut battery", "battery_charging time", "robot node gateway parameters"]
+    compared = 0
+    for persona in ("guide", "other"):
+        for query in queries:
+            terms = content_terms(query)
+            fts = _by_score(loaded._lexical_fts(persona, terms, 50))
+            fast = _by_score(loaded._lexical(persona, terms, 50))
+            assert [c for c, _ in fast] == [c for c, _ in fts], (persona, query)
+            assert np.allclose([s for _, s in fast], [s for _, s in fts], rtol=1e-9), query
+            compared += bool(fts)
+    assert compared >= 30  # most queries found something: the comparison means something
+    snapshot = loaded._lexical_snapshot()
+    assert snapshot is not None and snapshot.postings > 1000
+
+
+def test_a_search_right_after_a_change_sees_it_and_the_copy_catches_up(kb):
+    kb.ingest_file("guide", DATA / "robot_manual.txt")
+    assert kb.wait_lexical_index(60)
+    old = kb._lexical_snapshot()
+    kb.ingest_file("guide", DATA / "museum_guide.md")
+    # Stale copy: never used (FTS5 ranks) until the rebuild is done.
+    hits = kb.search("guide", "dinosaurs second floor", mode="lexical")
+    assert hits and hits[0].document == "museum_guide.md"
+    assert kb.wait_lexical_index(60)
+    assert kb._lexical_snapshot() is not old
+    hits = kb.search("guide", "dinosaurs second floor", mode="lexical")
+    assert hits and hits[0].document == "museum_guide.md"
+    kb.delete_document("guide", "museum_guide.md")
+    assert kb.search("guide", "dinosaurs second floor", mode="lexical") == []
+    assert kb.wait_lexical_index(60)
+    assert kb.search("guide", "dinosaurs second floor", mode="lexical") == []
+    # Another connection (another process) writes: the data version tells.
+    other = KnowledgeBase(kb.path, embedder=kb.embedder, settings=SETTINGS)
+    try:
+        other.ingest_file("guide", DATA / "museum_guide.md")
+    finally:
+        other.close()
+    hits = kb.search("guide", "dinosaurs second floor", mode="lexical")
+    assert hits and hits[0].document == "museum_guide.md"
+    assert kb.wait_lexical_index(60)
+    hits = kb.search("guide", "dinosaurs second floor", mode="lexical")
+    assert hits and hits[0].document == "museum_guide.md"
+
+
 def test_rrf_scores_and_order(loaded):
     settings = loaded.settings
     for question, _, _ in QUESTIONS:
@@ -498,7 +559,6 @@ def test_vectors_of_another_model_are_never_mixed(tmp_path, embedder):
 
 
 # ------------------------------------------------------------ knowledge_node over DDS
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.ros

@@ -5,7 +5,10 @@ conventions as the memory store: WAL, synchronous=FULL, BEGIN IMMEDIATE for writ
 connection serialised by a lock for every thread of the process.
 
 Retrieval, for a question and a persona:
-  lexical  FTS5 MATCH over the question's content words (OR), ranked by bm25 (porter stemmer)
+  lexical  FTS5 MATCH over the question's content words (OR), ranked by bm25 (porter stemmer);
+           FTS5's bm25 evaluated in numpy over a copy of FTS5's postings (lexical_index.py:
+           same tokens, same formula, ~20x faster at 10,000 chunks), rebuilt in the
+           background when the documents change, FTS5 itself ranking meanwhile
   dense    cosine similarity of the question's MiniLM vector with every chunk's vectors
            (a chunk is embedded as windows of <= 150 words, since the model reads only ~190
            words; its similarity is its best window's; float32 blobs in SQLite, one
@@ -28,6 +31,7 @@ the best chunk for an unanswerable question at most 0.23 among 8 chunks.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import sqlite3
@@ -48,6 +52,7 @@ from smolfusion_ros.dialogue.documents import (
     extract,
 )
 from smolfusion_ros.dialogue.embedding import Embedder, MiniLMEmbedder
+from smolfusion_ros.dialogue.lexical_index import LexicalSnapshot, QueryTokenizer, build_snapshot
 from smolfusion_ros.dialogue.persona_store import validate_persona_id
 from smolfusion_ros.memory.sqlite import immediate_transaction, open_database
 from smolfusion_ros.paths import ros_home
@@ -118,6 +123,9 @@ class RetrievalSettings:
     max_query_chars: int = 2000
     # False ranks without the relevance test (benchmarks measure ranking quality with it off).
     apply_threshold: bool = True
+    # Rank lexical hits from an in-memory copy of FTS5's postings (lexical_index.py); False:
+    # FTS5 ranks every search itself (same order, slower on large knowledge bases).
+    lexical_index: bool = True
 
 
 @dataclass(frozen=True)
@@ -189,13 +197,25 @@ def _stem(word: str) -> str:
     return word
 
 
+@functools.lru_cache(maxsize=4096)
+def _stem_pattern(term: str) -> tuple[str, re.Pattern]:
+    stem = _stem(term)
+    return stem, re.compile(r"\b" + re.escape(stem))
+
+
 def term_coverage(terms: list[str], text: str) -> tuple[int, float]:
     """How many of `terms` occur in `text` (as a word starting with the term's stem), and that
     count as a fraction. A regex search per term: no tokenising of the chunk."""
     if not terms:
         return 0, 0.0
     lowered = text.lower()
-    found = sum(1 for t in terms if re.search(r"\b" + re.escape(_stem(t)), lowered))
+    found = 0
+    for term in terms:
+        stem, pattern = _stem_pattern(term)
+        # The substring test first: C-speed, and most terms are absent from most chunks (a
+        # regex starting with \b scans the whole text without a literal-prefix search).
+        if stem in lowered and pattern.search(lowered):
+            found += 1
     return found, found / len(terms)
 
 
@@ -249,6 +269,15 @@ class KnowledgeBase:
         self._lock = threading.Lock()
         self._matrices: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._data_version = -1
+        self._writes = 0  # this connection's commits (PRAGMA data_version counts others')
+        self._tokenizer = QueryTokenizer()
+        self._lex_lock = threading.Lock()
+        self._lex: tuple[tuple[int, int], LexicalSnapshot] | None = None
+        self._lex_building = False
+        self._lex_failed: tuple[int, int] | None = None  # generation whose build failed
+        self._lex_ready = threading.Condition(self._lex_lock)
+        self._closed = False
+        self.lexical_index_error = ""  # why the last snapshot build failed (FTS5 ranks then)
         try:
             self.db = open_database(self.path, synchronous)
             with self._lock, immediate_transaction(self.db):
@@ -261,8 +290,10 @@ class KnowledgeBase:
             ) from None
 
     def close(self) -> None:
+        self._closed = True
         with self._lock:
             self.db.conn.close()
+        self._tokenizer.close()
 
     # ------------------------------------------------------------------ ingest
     def ingest_file(
@@ -392,6 +423,7 @@ class KnowledgeBase:
             except sqlite3.Error as exc:
                 raise KnowledgeStoreError(f"cannot write to {self.path}: {exc}") from None
             self._matrices.pop(persona_id, None)
+            self._writes += 1
         return record
 
     def _model_tag(self) -> str:
@@ -448,6 +480,7 @@ class KnowledgeBase:
             with immediate_transaction(self.db):
                 deleted = self._delete_document_rows(persona_id, name)
             self._matrices.pop(persona_id, None)
+            self._writes += 1
         if deleted is None:
             raise KnowledgeError(f"persona {persona_id!r} has no document {name!r}")
         return deleted
@@ -462,6 +495,7 @@ class KnowledgeBase:
                     "DELETE FROM documents WHERE persona = ?", [persona_id]
                 ).rowcount
             self._matrices.pop(persona_id, None)
+            self._writes += 1
         return count
 
     def chunk_count(self, persona_id: str = "") -> int:
@@ -626,6 +660,73 @@ class KnowledgeBase:
         return hits
 
     def _lexical(self, persona_id: str, terms: list[str], limit: int) -> list[tuple[int, float]]:
+        snapshot = self._lexical_snapshot() if self.settings.lexical_index else None
+        if snapshot is not None:
+            tokens = self._tokenizer.tokens(terms)
+            # A word FTS5 reads as several tokens ("don't", "foo_bar") is a phrase query,
+            # which needs positions: FTS5 ranks those questions itself.
+            if all(len(t) <= 1 for t in tokens):
+                return snapshot.rank(persona_id, [t[0] for t in tokens if t], limit)
+        return self._lexical_fts(persona_id, terms, limit)
+
+    def _generation(self) -> tuple[int, int]:
+        """Changes whenever the stored chunks may have changed (any connection)."""
+        with self._lock:
+            version = self.db.execute("PRAGMA data_version").fetchone()[0]
+            return version, self._writes
+
+    def _lexical_snapshot(self) -> LexicalSnapshot | None:
+        """The postings snapshot if it is current; otherwise None, and a rebuild starts in
+        the background (a search never waits for one)."""
+        generation = self._generation()
+        with self._lex_lock:
+            if self._lex is not None and self._lex[0] == generation:
+                return self._lex[1]
+            if not self._lex_building and not self._closed and self._lex_failed != generation:
+                self._lex_building = True
+                threading.Thread(
+                    target=self._build_lexical,
+                    args=(generation,),
+                    name="knowledge-bm25",
+                    daemon=True,
+                ).start()
+        return None
+
+    def _build_lexical(self, generation: tuple[int, int]) -> None:
+        # A write committed after `generation` was read may already be in the snapshot: it
+        # is then labelled older than it is and rebuilt once more, never used stale.
+        try:
+            snapshot = build_snapshot(self.path)
+            error = ""
+        except (sqlite3.Error, OSError, RuntimeError, ValueError) as exc:
+            snapshot, error = None, f"lexical index: {exc}"
+        with self._lex_lock:
+            self._lex_building = False
+            self.lexical_index_error = error
+            if snapshot is not None:
+                self._lex = (generation, snapshot)
+            else:  # not retried (by every search) until the documents change
+                self._lex_failed = generation
+            self._lex_ready.notify_all()
+
+    def wait_lexical_index(self, timeout: float) -> bool:
+        """Start (if needed) and wait for a current postings snapshot; False on timeout or
+        when it cannot be built (searches then rank with FTS5)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._lexical_snapshot() is not None:
+                return True
+            with self._lex_lock:
+                if not self._lex_building and self._lex_failed == self._generation():
+                    return False
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lex_ready.wait(min(left, 0.5))
+
+    def _lexical_fts(
+        self, persona_id: str, terms: list[str], limit: int
+    ) -> list[tuple[int, float]]:
         # Each term quoted: FTS5 syntax in a question ("AND", "NEAR", '*') stays plain text.
         match = " OR ".join('"' + t.replace('"', "") + '"' for t in terms)
         with self._lock:
