@@ -1,6 +1,7 @@
 """Start a smolfusion_ros profile on a robot: ros2 launch smolfusion_ros smolfusion.launch.py
 profile:=cpu_demo|jetson_gguf|gpu_server|fleet_robot [namespace:=robot1] [params_file:=my.yaml]
-[llm_url:=http://server:8080/v1] [vlm_url:=http://server:8081/v1]
+[llm_url:=http://server:8080/v1] [vlm_url:=http://server:8081/v1] [llm_model_path:=/m/x.gguf]
+[vision_model_path:=...] [vision_mmproj_path:=...] [stt_model_path:=...] [autostart:=false]
 
 Thin on purpose: which nodes run, which parameter files they read and which nodes are
 required come from config/profiles.yaml through smolfusion_ros.core.profile, the same
@@ -13,7 +14,14 @@ description the in-process bringup (make demo) uses and the tests check.
   that looks alive without its brain. Nodes are not respawned: a configuration error would
   only repeat, and the one-line reason is printed once above the shutdown.
 - llm_url / vlm_url (a fleet robot's model servers) set fusion_node's llm.base_url /
-  vision.base_url over every file.
+  vision.base_url over every file; llm_model_path, vision_model_path, vision_mmproj_path and
+  stt_model_path set the model files the same way.
+- Managed (lifecycle) nodes reach active by themselves: the profiles set their `autostart`
+  parameter, and each node configures and activates itself at start-up (nodes/managed.py), the
+  way nav2's lifecycle manager would. Plain launch_ros Node actions are used, not LifecycleNode:
+  the node's own autostart works on Humble too (Humble's LifecycleNode has no autostart), and
+  `ros2 lifecycle get/set /robot1/fusion_node ...` works on them all the same.
+  autostart:=false leaves them unconfigured for your own lifecycle manager or behaviour tree.
 """
 
 from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
@@ -21,7 +29,19 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from launch import LaunchDescription
-from smolfusion_ros.core.profile import ARGUMENT_PARAMETERS, argument_overrides, get_profile
+from smolfusion_ros.core.profile import (
+    ARGUMENT_PARAMETERS,
+    AUTOSTART_ARGUMENT,
+    argument_overrides,
+    get_profile,
+)
+
+MODEL_PATH_ARGUMENTS = {
+    "llm_model_path": "GGUF file of the language model (sets fusion_node llm.model_path)",
+    "vision_model_path": "vision model file or directory (sets fusion_node vision.model_path)",
+    "vision_mmproj_path": "llama.cpp projector GGUF (sets fusion_node vision.mmproj_path)",
+    "stt_model_path": "speech recognition model directory (sets speech_node stt.model_path)",
+}
 
 
 def _nodes_for_profile(context, *_args, **_kwargs):
@@ -29,7 +49,8 @@ def _nodes_for_profile(context, *_args, **_kwargs):
     user_file = LaunchConfiguration("params_file").perform(context)
     parameters = [str(path) for path in profile.parameter_files(user_file)]
     namespace = LaunchConfiguration("namespace").perform(context)
-    arguments = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENT_PARAMETERS}
+    names = [*ARGUMENT_PARAMETERS, AUTOSTART_ARGUMENT]
+    arguments = {name: LaunchConfiguration(name).perform(context) for name in names}
     nodes = []
     for name in profile.nodes:
         overrides = argument_overrides(name, arguments)
@@ -80,6 +101,16 @@ def generate_launch_description():
                 "vlm_url",
                 default_value="",
                 description="OpenAI-compatible VLM server (sets fusion_node vision.base_url)",
+            ),
+            *[
+                DeclareLaunchArgument(name, default_value="", description=description)
+                for name, description in MODEL_PATH_ARGUMENTS.items()
+            ],
+            DeclareLaunchArgument(
+                AUTOSTART_ARGUMENT,
+                default_value="",
+                description="true/false: managed nodes configure and activate themselves at "
+                "start-up (empty = as the parameter files say: true in every profile)",
             ),
             OpaqueFunction(function=_nodes_for_profile),
         ]

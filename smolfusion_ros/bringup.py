@@ -14,6 +14,8 @@ prints the streamed answer with its time to first token and tokens per second.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import threading
 import time
@@ -26,6 +28,9 @@ from smolfusion_ros.nodes.dds import use_large_frame_transport
 from smolfusion_ros.nodes.runner import (
     create_executor,
     create_nodes,
+    exit_requested,
+    install_signal_handlers,
+    requested_exit_code,
     shutdown,
     spin_until_shutdown,
 )
@@ -180,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[smolfusion_ros] {exc}", file=sys.stderr)
         return 2
     use_large_frame_transport()
+    from rclpy.signals import SignalHandlerOptions
+
+    # The runner's signal handling, not rclpy's: on SIGINT/SIGTERM everything in progress is
+    # answered before the nodes go (runner.shutdown), as for a node process.
     rclpy.init(
         args=[
             "bringup",
@@ -187,8 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             "--params-file",
             str(profile.parameters_file),
             *[a for a in ros_args if a != "--ros-args"],
-        ]
+        ],
+        signal_handler_options=SignalHandlerOptions.NO,
     )
+    install_signal_handlers(interrupt_main=not args.no_console)
     # Printed before the nodes start: llama.cpp silences stdout process-wide while loading.
     print(f"[smolfusion_ros] profile {profile.name}: {', '.join(profile.nodes)}", flush=True)
     factories = _node_factories()
@@ -198,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_announce_console, args=(nodes,), daemon=True).start()
     executor = create_executor(nodes)
     if args.no_console:
-        spin_until_shutdown(executor, nodes)
-        return 0
+        return spin_until_shutdown(executor, nodes)
 
     from smolfusion_ros.client import SmolFusionClient
 
@@ -207,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     executor.add_node(console_node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
+    # A node that cannot go on (request_exit, e.g. its model failed to load) interrupts the
+    # console as a signal would, so the process does not wait in input() for nothing.
+    threading.Thread(target=_interrupt_on_exit_request, daemon=True).start()
     console = Console(
         SmolFusionClient(node=console_node), args.session, args.persona, args.max_tokens
     )
@@ -225,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             console.run_lines(sys.stdin, echo=True)
         code = 1 if console.failures else 0
     except KeyboardInterrupt:
-        pass
+        code = requested_exit_code()
     except Exception as exc:
         print(f"[smolfusion_ros] {exc}", file=sys.stderr)
         code = 1
@@ -233,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         console.client.close()
         shutdown(executor, [*nodes, console_node])
     return code
+
+
+def _interrupt_on_exit_request() -> None:
+    exit_requested().wait()
+    if requested_exit_code() != 0:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 if __name__ == "__main__":

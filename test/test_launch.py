@@ -68,7 +68,18 @@ def _run_launch_file(monkeypatch, **arguments) -> list:
         for a in description.args[0]
         if type(a).__name__ == "DeclareLaunchArgument"
     }
-    assert set(declared) == {"profile", "namespace", "params_file", "llm_url", "vlm_url"}
+    assert set(declared) == {
+        "profile",
+        "namespace",
+        "params_file",
+        "llm_url",
+        "vlm_url",
+        "llm_model_path",
+        "vision_model_path",
+        "vision_mmproj_path",
+        "stt_model_path",
+        "autostart",
+    }
     (opaque,) = [a for a in description.args[0] if type(a).__name__ == "OpaqueFunction"]
     return opaque.kwargs["function"](declared | arguments)
 
@@ -90,6 +101,51 @@ def test_stand_in_launch_layers_params_file_over_the_profile_and_requires_fusion
     required = {n.kwargs["executable"]: n.kwargs.get("on_exit") for n in nodes}
     assert type(required.pop("fusion_node")).__name__ == "Shutdown"
     assert set(required.values()) == {None}, "only required nodes end the launch"
+
+
+def test_stand_in_launch_model_path_arguments_set_each_models_parameter(monkeypatch):
+    nodes = {
+        n.kwargs["executable"]: n.kwargs["parameters"]
+        for n in _run_launch_file(
+            monkeypatch,
+            profile="jetson_gguf",
+            llm_model_path="/models/llm.gguf",
+            vision_mmproj_path="/models/mmproj.gguf",
+            stt_model_path="/models/whisper",
+        )
+    }
+    profile_file = str(get_profile("jetson_gguf").parameters_file)
+    assert nodes["fusion_node"] == [
+        profile_file,
+        {"llm.model_path": "/models/llm.gguf", "vision.mmproj_path": "/models/mmproj.gguf"},
+    ]
+    assert nodes["speech_node"] == [profile_file, {"stt.model_path": "/models/whisper"}]
+    assert nodes["memory_node"] == [profile_file]
+
+
+def test_managed_nodes_autostart_from_the_profile_and_the_launch_argument_can_stop_it(
+    monkeypatch,
+):
+    """Lifecycle nodes reach active through their autostart parameter (set in every profile;
+    on Humble too, where launch_ros' LifecycleNode has no autostart); autostart:=false leaves
+    them unconfigured for a lifecycle manager."""
+    from smolfusion_ros.core.profile import MANAGED_NODES
+
+    for profile in load_profiles().values():
+        for name in MANAGED_NODES:
+            if name in profile.nodes:
+                assert profile.node_parameters(name).get("autostart") is True, (profile, name)
+    default = _run_launch_file(monkeypatch, profile="cpu_demo")
+    assert all(len(n.kwargs["parameters"]) == 1 for n in default), "the files decide by default"
+    nodes = _run_launch_file(monkeypatch, profile="cpu_demo", autostart="false")
+    for node in nodes:
+        overrides = [p for p in node.kwargs["parameters"] if isinstance(p, dict)]
+        if node.kwargs["executable"] in MANAGED_NODES:
+            assert overrides == [{"autostart": False}], node.kwargs
+        else:
+            assert overrides == [], node.kwargs
+    with pytest.raises(ProfileError, match="autostart:=maybe must be true or false"):
+        _run_launch_file(monkeypatch, profile="cpu_demo", autostart="maybe")
 
 
 def test_stand_in_launch_without_params_file_uses_the_profile_alone(monkeypatch, tmp_path):

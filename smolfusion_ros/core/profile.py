@@ -34,23 +34,48 @@ KNOWN_NODES = (
 DEFAULT_REQUIRED = ("fusion_node",)
 
 
+# Managed (lifecycle) nodes: they configure and activate themselves when their `autostart`
+# parameter is true (the profiles' files set it; nodes/managed.py), in the bringup and under
+# ros2 launch alike; launch argument autostart:=false leaves them unconfigured for a lifecycle
+# manager or behaviour tree.
+MANAGED_NODES = (
+    "camera_node",
+    "microphone_node",
+    "speech_node",
+    "fusion_node",
+    "tts_node",
+    "memory_node",
+)
+
 # Launch arguments that set one node's parameter over every file (the model servers of a
-# fleet robot): argument -> (node, parameter). Empty = leave the files' value.
+# fleet robot, each model's path): argument -> (node, parameter). Empty = the files' value.
 ARGUMENT_PARAMETERS = {
     "llm_url": ("fusion_node", "llm.base_url"),
     "vlm_url": ("fusion_node", "vision.base_url"),
+    "llm_model_path": ("fusion_node", "llm.model_path"),
+    "vision_model_path": ("fusion_node", "vision.model_path"),
+    "vision_mmproj_path": ("fusion_node", "vision.mmproj_path"),
+    "stt_model_path": ("speech_node", "stt.model_path"),
 }
+URL_ARGUMENTS = ("llm_url", "vlm_url")
+# Launch argument for every managed node's autostart parameter ("" = the files' value).
+AUTOSTART_ARGUMENT = "autostart"
 
 
-def argument_overrides(node_name: str, arguments: dict[str, str]) -> dict[str, str]:
+def argument_overrides(node_name: str, arguments: dict[str, str]) -> dict[str, object]:
     """The parameters `arguments` (launch argument -> value) set on `node_name`."""
-    overrides = {}
+    overrides: dict[str, object] = {}
     for argument, (node, parameter) in ARGUMENT_PARAMETERS.items():
         value = (arguments.get(argument) or "").strip()
         if value and node == node_name:
-            if not value.startswith(("http://", "https://")):
+            if argument in URL_ARGUMENTS and not value.startswith(("http://", "https://")):
                 raise ProfileError(f"{argument}:={value} must start with http:// or https://")
             overrides[parameter] = value
+    autostart = (arguments.get(AUTOSTART_ARGUMENT) or "").strip().lower()
+    if autostart and node_name in MANAGED_NODES:
+        if autostart not in ("true", "false"):
+            raise ProfileError(f"{AUTOSTART_ARGUMENT}:={autostart} must be true or false")
+        overrides["autostart"] = autostart == "true"
     return overrides
 
 

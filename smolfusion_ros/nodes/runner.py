@@ -75,13 +75,33 @@ def request_exit(code: int, message: str = "") -> None:
     _exit.request(code, message)
 
 
+def exit_requested() -> threading.Event:
+    """Set once a signal or request_exit() asked the process to stop."""
+    return _exit.event
+
+
+def requested_exit_code() -> int:
+    return _exit.code
+
+
 def _on_signal(signum, _frame) -> None:
     _exit.signals += 1
     _exit.request(0)
 
 
-def install_signal_handlers() -> None:
-    """SIGINT/SIGTERM start the orderly shutdown instead of rclpy's immediate one."""
+def _on_signal_interrupting(signum, frame) -> None:
+    """For a main thread busy elsewhere (the bringup's console waiting in input() or for an
+    answer): request the orderly shutdown, then interrupt what the main thread is doing."""
+    _on_signal(signum, frame)
+    if _exit.signals == 1:  # a second Ctrl-C must not break the orderly shutdown under way
+        raise KeyboardInterrupt
+
+
+def install_signal_handlers(interrupt_main: bool = False) -> None:
+    """SIGINT/SIGTERM start the orderly shutdown instead of rclpy's immediate one.
+
+    interrupt_main: the handler also raises KeyboardInterrupt in the main thread.
+    """
     try:
         from rclpy.signals import uninstall_signal_handlers
 
@@ -89,8 +109,9 @@ def install_signal_handlers() -> None:
     except Exception:  # none installed (init with SignalHandlerOptions.NO) or an old rclpy
         pass
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, _on_signal)
-        signal.signal(signal.SIGTERM, _on_signal)
+        handler = _on_signal_interrupting if interrupt_main else _on_signal
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
 
 
 def create_nodes(factories: Sequence[Callable[[], Node]]) -> list[Node] | None:
