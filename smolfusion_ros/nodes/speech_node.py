@@ -1,4 +1,12 @@
-"""speech_node: microphone audio in, utterances out (VAD + speech to text).
+"""speech_node: microphone audio in, utterances out (VAD + speech to text). A managed node.
+
+Lifecycle: configure loads the recogniser (stt.*); activate starts listening with the vad.*,
+partial_interval_s, session_id, enabled and max_queued_finals values of that moment (so
+deactivate -> ros2 param set vad.end_silence_ms ... -> activate changes them without
+reloading the model); deactivate stops listening (the utterance in progress and queued work
+are dropped; nothing is published while inactive); cleanup releases the model. autostart
+(true) brings the node to active at start-up. audio_reliability, audio_depth and
+diagnostics_period_s shape entities and are read once at start.
 
 Subscribes:  audio (smolfusion_ros/AudioChunk: any rate, mono or interleaved channels),
              robot_speaking (std_msgs/Bool: while true, audio is dropped and the VAD reset, so
@@ -33,7 +41,7 @@ Parameters:  stt.backend (faster_whisper | vosk), stt.model (catalogue id; empty
              vad.max_utterance_s (20.0), vad.energy_threshold_db (-40.0),
              partial_interval_s (1.0; 0 = no partials), session_id, enabled (true),
              audio_reliability (reliable | best_effort), audio_depth (50),
-             max_queued_finals (8), diagnostics_period_s (1.0)
+             max_queued_finals (8), diagnostics_period_s (1.0), autostart (true)
 
 Speech to text runs on one worker thread, never in a callback; the partial / speculation /
 final policy and its bounded queues are core.transcriber.Transcriber (ROS-free, tested without
@@ -48,7 +56,6 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool
@@ -63,13 +70,15 @@ from smolfusion_ros.core.transcriber import Transcriber, UtteranceResult
 from smolfusion_ros.msg import AudioChunk, Utterance
 from smolfusion_ros.nodes.conversions import stamp_from_wall
 from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.managed import AUTOSTART_SPEC, ManagedNode
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
     ParamSpec,
     at_least,
     between,
-    declare_parameters,
+    declare_parameter_specs,
     one_of,
+    read_parameters,
 )
 from smolfusion_ros.nodes.runner import run_node
 
@@ -101,6 +110,7 @@ AUDIO_QOS = audio_qos("reliable", 50)  # the default: what a publisher of audio 
 
 def _parameter_specs() -> list[ParamSpec]:
     return [
+        AUTOSTART_SPEC,
         ParamSpec(
             "stt.backend", "faster_whisper", "speech-to-text back end", one_of(*stt_backend_names())
         ),
@@ -200,31 +210,61 @@ def resolve_stt_model(backend: str, model: str, model_path: str) -> str:
         raise ConfigError(str(exc).replace("model path parameter", "stt.model_path")) from None
 
 
-class SpeechNode(Node):
-    """Parameters, entities and callbacks; the policy is core.transcriber.Transcriber."""
+class SpeechNode(ManagedNode):
+    """Managed: configure loads the recogniser (stt.*), activate starts listening with that
+    moment's vad.* / partial / session parameters (so a changed VAD setting needs only
+    deactivate -> activate), deactivate stops listening (the utterance in progress and
+    queued work are dropped, nothing more is published), cleanup releases the model.
+    Entities live in every state; audio is ignored and ~/set_enabled refused while inactive.
+    The policy itself is core.transcriber.Transcriber."""
 
     def __init__(self, node_name: str = "speech_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(self, _parameter_specs())
-        try:
-            self._session_id = validate_session_id(p["session_id"])
-        except RequestRejected as exc:
-            raise ConfigError(str(exc)) from None
-        config = VadConfig(
-            engine=p["vad.engine"],
-            threshold=p["vad.threshold"],
-            min_speech_ms=p["vad.min_speech_ms"],
-            end_silence_ms=p["vad.end_silence_ms"],
-            pre_roll_ms=p["vad.pre_roll_ms"],
-            max_utterance_s=p["vad.max_utterance_s"],
-            partial_interval_s=p["partial_interval_s"],
-            energy_threshold_db=p["vad.energy_threshold_db"],
-            speculate_silence_ms=p["vad.speculate_silence_ms"],
-            end_silence_short_ms=p["vad.end_silence_short_ms"],
+        specs = _parameter_specs()
+        declare_parameter_specs(self, specs)
+        # Read once: they shape entities that live in every lifecycle state.
+        fixed = read_parameters(
+            self,
+            [s for s in specs if s.name in ("audio_reliability", "audio_depth")]
+            + [s for s in specs if s.name == "diagnostics_period_s"],
         )
-        problems = config.problems()
-        if problems:
-            raise ConfigError("vad: " + "; ".join(problems))
+        self._backend = None  # configure
+        self._backend_name = ""
+        self._model_label = ""
+        self._language = "en"
+        self._transcriber: Transcriber | None = None  # activate
+        self._session_id = "default"
+
+        self._utterance_pub = self.create_publisher(Utterance, "utterance", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # Audio, muting, enabling and the stream-gap timer share one mutually exclusive
+        # group: chunks reach the transcriber in arrival order.
+        audio_group = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(
+            AudioChunk,
+            "audio",
+            self._on_audio,
+            audio_qos(fixed["audio_reliability"], fixed["audio_depth"]),
+            callback_group=audio_group,
+        )
+        self.create_subscription(
+            Bool, "robot_speaking", self._on_robot_speaking, 10, callback_group=audio_group
+        )
+        self.create_service(
+            SetBool, "~/set_enabled", self._on_set_enabled, callback_group=audio_group
+        )
+        self.create_timer(0.1, self._on_tick, callback_group=audio_group)
+        self.create_timer(
+            fixed["diagnostics_period_s"],
+            self._publish_diagnostics,
+            MutuallyExclusiveCallbackGroup(),
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def configure(self) -> None:
+        p = read_parameters(self, _parameter_specs())
+        self._vad_config(p)  # a bad VAD setting fails configure already, not only activate
         self._backend_name = p["stt.backend"]
         self._language = p["stt.language"]
         model_dir = resolve_stt_model(self._backend_name, p["stt.model"], p["stt.model_path"])
@@ -244,20 +284,28 @@ class SpeechNode(Node):
             if hasattr(backend, "partial_window_pad_s"):  # faster_whisper only
                 backend.partial_window_pad_s = p["stt.partial_window_pad_s"]
             started = time.monotonic()
+            # Whisper tiny.en / base load in about a second: short enough for the
+            # transition callback (a multi-second load would go to a thread of its own).
             backend.load()
         except (SpeechBackendError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
+        self._backend = backend
         self.get_logger().info(
             f"{self._backend_name} model {model_dir} loaded in {time.monotonic() - started:.2f} s"
         )
+
+    def activate(self) -> None:
+        p = read_parameters(self, _parameter_specs())
+        config = self._vad_config(p)
+        try:
+            self._session_id = validate_session_id(p["session_id"])
+        except RequestRejected as exc:
+            raise ConfigError(str(exc)) from None
         segmenter = SpeechSegmenter(config)
         if segmenter.vad_note:
             self.get_logger().warning(segmenter.vad_note)
-
-        self._utterance_pub = self.create_publisher(Utterance, "utterance", 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._transcriber = Transcriber(
-            backend,
+            self._backend,
             segmenter,
             self._publish_result,
             on_error=self.get_logger().error,
@@ -265,30 +313,43 @@ class SpeechNode(Node):
             max_finals=p["max_queued_finals"],
             enabled=bool(p["enabled"]),
         )
-        # Audio, muting, enabling and the stream-gap timer share one mutually exclusive
-        # group: chunks reach the transcriber in arrival order.
-        audio_group = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(
-            AudioChunk,
-            "audio",
-            self._on_audio,
-            audio_qos(p["audio_reliability"], p["audio_depth"]),
-            callback_group=audio_group,
+
+    def deactivate(self) -> None:
+        transcriber, self._transcriber = self._transcriber, None
+        if transcriber is not None:
+            transcriber.close()  # waits for a transcription in progress; queued work dropped
+
+    def cleanup(self) -> None:
+        self.deactivate()
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close()
+
+    @staticmethod
+    def _vad_config(p: dict) -> VadConfig:
+        config = VadConfig(
+            engine=p["vad.engine"],
+            threshold=p["vad.threshold"],
+            min_speech_ms=p["vad.min_speech_ms"],
+            end_silence_ms=p["vad.end_silence_ms"],
+            pre_roll_ms=p["vad.pre_roll_ms"],
+            max_utterance_s=p["vad.max_utterance_s"],
+            partial_interval_s=p["partial_interval_s"],
+            energy_threshold_db=p["vad.energy_threshold_db"],
+            speculate_silence_ms=p["vad.speculate_silence_ms"],
+            end_silence_short_ms=p["vad.end_silence_short_ms"],
         )
-        self.create_subscription(
-            Bool, "robot_speaking", self._on_robot_speaking, 10, callback_group=audio_group
-        )
-        self.create_service(
-            SetBool, "~/set_enabled", self._on_set_enabled, callback_group=audio_group
-        )
-        self.create_timer(0.1, self._transcriber.tick, callback_group=audio_group)
-        self.create_timer(
-            p["diagnostics_period_s"], self._publish_diagnostics, MutuallyExclusiveCallbackGroup()
-        )
+        problems = config.problems()
+        if problems:
+            raise ConfigError("vad: " + "; ".join(problems))
+        return config
 
     # ---- callbacks ---------------------------------------------------------------------------
 
     def _on_audio(self, msg: AudioChunk) -> None:
+        transcriber = self._transcriber
+        if transcriber is None or not self.is_active:
+            return
         # The chunk's capture time (its stamp) when the publisher set one: latency then also
         # counts time spent in transport and in the subscription queue.
         stamp = msg.stamp.sec + msg.stamp.nanosec * 1e-9
@@ -297,23 +358,36 @@ class SpeechNode(Node):
         audio_end = stamp + frames / rate if stamp > 0 and rate > 0 else None
         try:
             samples = np.frombuffer(msg.samples, dtype=np.int16) if len(msg.samples) else []
-            self._transcriber.feed(samples, rate, channels, int(msg.seq), audio_end)
+            transcriber.feed(samples, rate, channels, int(msg.seq), audio_end)
         except AudioFormatError:
             pass  # counted as dropped_chunks, last_error says why
         except Exception as exc:  # never let one chunk stop the node
-            self._transcriber.drop_chunk(f"{type(exc).__name__}: {exc}")
+            transcriber.drop_chunk(f"{type(exc).__name__}: {exc}")
+
+    def _on_tick(self) -> None:
+        transcriber = self._transcriber
+        if transcriber is not None:
+            transcriber.tick()
 
     def _on_robot_speaking(self, msg: Bool) -> None:
-        self._transcriber.set_muted(bool(msg.data))
+        transcriber = self._transcriber
+        if transcriber is not None:
+            transcriber.set_muted(bool(msg.data))
 
     def _on_set_enabled(self, request: SetBool.Request, response: SetBool.Response):
-        self._transcriber.set_enabled(bool(request.data))
+        transcriber = self._transcriber
+        if transcriber is None or not self.is_active:
+            response.success, response.message = False, self.inactive_error()
+            return response
+        transcriber.set_enabled(bool(request.data))
         response.success = True
         response.message = "enabled" if request.data else "disabled"
         return response
 
     def _publish_result(self, result: UtteranceResult) -> None:
         """On the transcriber's worker thread (or the audio callback for a reused final)."""
+        if not self.is_active:
+            return  # heard before a deactivate, done after it: nothing is published
         self._utterance_pub.publish(
             Utterance(
                 stamp=stamp_from_wall(),
@@ -336,9 +410,20 @@ class SpeechNode(Node):
             )
 
     def _publish_diagnostics(self) -> None:
-        values = self._transcriber.stats()
+        transcriber = self._transcriber
+        if transcriber is None:  # not active: the lifecycle state says why
+            message = "model loaded" if self._backend is not None else "not configured"
+            values = {"backend": self._backend_name, "model": self._model_label}
+            self._diag_pub.publish(
+                diagnostic_array(
+                    self, "speech", DiagnosticStatus.OK, message, self._backend_name, values
+                )
+            )
+            return
+        values = transcriber.stats()
         values.update(backend=self._backend_name, model=self._model_label)
-        values["vad"] = self._transcriber.segmenter.vad.name
+        values["vad"] = transcriber.segmenter.vad.name
+        values["end_silence_ms"] = transcriber.segmenter.config.end_silence_ms
         state, errors = values["state"], values["errors"]
         level = DiagnosticStatus.WARN if errors else DiagnosticStatus.OK
         message = state if not errors else f"{state}; {errors} transcription errors"
@@ -347,8 +432,7 @@ class SpeechNode(Node):
         )
 
     def close(self) -> None:
-        self._transcriber.close()
-        self._transcriber.backend.close()
+        super().close()  # the shutdown transition: deactivate, cleanup
 
 
 def main() -> None:
