@@ -371,15 +371,27 @@ def bench_visual_turn(model: Path, args: argparse.Namespace, cached: bool) -> No
             count_tokens=alone_llm.count_tokens,
         )
 
-    def alone_answer(msgs: list, max_tokens: int) -> str:
+    def alone_answer(msgs: list, max_tokens: int) -> tuple[str, float]:
+        """The baseline LLM's answer and its first-token time (its prompt evaluation)."""
         settings = generation(engine, max_tokens)
-        return "".join(alone_llm.stream_chat(msgs, settings, threading.Event())).strip()
+        parts: list[str] = []
+        started = time.perf_counter()
+        first = None
+        for delta in alone_llm.stream_chat(msgs, settings, threading.Event()):
+            first = first or time.perf_counter()
+            parts.append(delta)
+        return "".join(parts).strip(), (first or time.perf_counter()) - started
 
     fused: list[Answer] = []
     separate: list[float] = []
     shares: list[float] = []  # other processes' CPU share during each timed sample
     vision_s: list[float] = []
     llm_s: list[float] = []
+    llm_ttft: list[float] = []  # the baseline LLM's first token: its prompt evaluation
+    # Prompt tokens evaluated after the vision answer (engine) / in the baseline's answer.
+    engine_evaluated: list[int] = []
+    engine_vision_s: list[float] = []  # the vision model's own time inside the engine's turn
+    evaluated: list[int] = []
     same_prompt = same_answer = same_history = 0
     for rep in range(args.warmup + args.reps):
         session = f"{'warm' if cached else 'cold'}-{rep}"
@@ -387,7 +399,7 @@ def bench_visual_turn(model: Path, args: argparse.Namespace, cached: bool) -> No
         history_ok = True
         for text in QUESTIONS[:2]:  # earlier turns: the engine and the baseline answer each
             turn = ask(engine, monitor, text, session, HISTORY_TOKENS, "never")
-            own = alone_answer(messages(history, text, "", HISTORY_TOKENS), HISTORY_TOKENS)
+            own, _ = alone_answer(messages(history, text, "", HISTORY_TOKENS), HISTORY_TOKENS)
             history_ok &= own == turn.reply
             history += [
                 TurnRecord("user", text, "text", 0.0),
@@ -397,8 +409,9 @@ def bench_visual_turn(model: Path, args: argparse.Namespace, cached: bool) -> No
             ask(engine, monitor, QUESTIONS[2], f"other-{rep}", HISTORY_TOKENS, "never")
             alone_answer(messages([], QUESTIONS[2], "", HISTORY_TOKENS), HISTORY_TOKENS)
 
-        def run_fused(session: str = session) -> Answer:
-            return ask(engine, monitor, VISUAL_QUESTION, session, args.max_tokens)
+        def run_fused(session: str = session) -> tuple[Answer, int, float]:
+            answer = ask(engine, monitor, VISUAL_QUESTION, session, args.max_tokens)
+            return answer, engine.stats.last_prompt_tokens, worker.stats.last_latency_s
 
         def run_separate(history: list[TurnRecord] = history) -> tuple:
             before = monitor.snapshot()
@@ -408,15 +421,16 @@ def bench_visual_turn(model: Path, args: argparse.Namespace, cached: bool) -> No
             )
             looked = time.perf_counter()
             msgs = messages(history, VISUAL_QUESTION, seen.text, args.max_tokens)
-            reply = alone_answer(msgs, args.max_tokens)
+            reply, prompt_s = alone_answer(msgs, args.max_tokens)
             ended = time.perf_counter()
+            evaluated.append(alone_llm.prompt_tokens_evaluated)
             cpu = monitor.foreign(before, monitor.snapshot())
-            return ended - started, looked - started, ended - looked, reply, msgs, cpu
+            return ended - started, looked - started, ended - looked, prompt_s, reply, msgs, cpu
 
         first, second = (run_fused, run_separate) if rep % 2 == 0 else (run_separate, run_fused)
         outcomes = {first: first(), second: second()}  # evaluated in this order
-        answer = outcomes[run_fused]
-        total, looked, answered, reply, msgs, separate_cpu = outcomes[run_separate]
+        answer, fused_evaluated, fused_vision_s = outcomes[run_fused]
+        total, looked, answered, prompt_s, reply, msgs, separate_cpu = outcomes[run_separate]
         # The engine's prompt for the visual answer: its last one with a context block.
         engine_prompt = next(
             (p for p in reversed(engine.backend.prompts) if p[-1]["content"].startswith("[")),
@@ -429,6 +443,9 @@ def bench_visual_turn(model: Path, args: argparse.Namespace, cached: bool) -> No
         shares += [answer.foreign_cpu, separate_cpu]
         vision_s.append(looked)
         llm_s.append(answered)
+        llm_ttft.append(prompt_s)
+        engine_evaluated.append(fused_evaluated)
+        engine_vision_s.append(fused_vision_s)
         same_history += history_ok
         same_prompt += engine_prompt == msgs
         same_answer += answer.reply == reply and answer.scene_used
@@ -436,6 +453,9 @@ def bench_visual_turn(model: Path, args: argparse.Namespace, cached: bool) -> No
     comparable = bool(timed) and same_prompt == len(timed) and same_answer == len(timed)
     ratio = med([a.seconds for a in timed]) / med(separate)
     paired = med([a.seconds / s for a, s in zip(timed, separate, strict=True)])
+    # Overlap can hide at most the LLM's prompt evaluation (part of it, the vision text and the
+    # question, cannot start before the vision answer) behind the vision model's time.
+    best = (med(separate) - min(med(vision_s), med(llm_ttft))) / med(separate)
     variant = (
         "prefix cached (the session's previous turn ran just before)"
         if cached
@@ -448,6 +468,13 @@ def bench_visual_turn(model: Path, args: argparse.Namespace, cached: bool) -> No
         f"{med(vision_s):.3f} s + LLM alone {med(llm_s):.3f} s back to back = "
         f"{med(separate):.3f} s: {ratio:.2f}x ({verdict(ratio, 0.90, comparable)}); "
         f"median of per-pair ratios {paired:.2f}x\n"
+        f"   the vision model took {med(engine_vision_s):.3f} s inside the engine's turn "
+        f"(beside the LLM's prefix evaluation) vs. {med(vision_s):.3f} s alone\n"
+        f"   the LLM alone's first token (its whole prompt evaluation) "
+        f"{med(llm_ttft) * 1000:.0f} ms: overlapping it with vision can reach {best:.2f}x at "
+        f"best; prompt tokens evaluated by the answer itself: engine {med(engine_evaluated):g} "
+        f"(the rest was evaluated while the vision model looked), back to back "
+        f"{med(evaluated[args.warmup :]):g}\n"
         f"   same prompt {same_prompt}/{len(timed)}, identical answers {same_answer}/"
         f"{len(timed)}, earlier turns answered identically by the baseline "
         f"{same_history}/{len(timed)}; {disturbed_text(shares)}; {load_text()}",
