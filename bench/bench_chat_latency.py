@@ -9,7 +9,7 @@ The same prompt: the node's prompt is the persona's system message plus one user
 that carries the turn's context block in front of the question (core.prompt). For cpu_demo
 without a camera frame that block says "no camera image is available ..." (the engine's
 grounding, so the model does not invent a scene). The bench does not copy that logic: it asks
-the node once per question (a 1-token chat, before measuring) which scene text went into the
+the node once per question (a 4-token chat, before measuring) which scene text went into the
 prompt (Chat.scene_text), builds the direct messages with core.prompt.build_messages from
 that text and the persona's system prompt, and checks every measured ROS answer's
 scene_text, knowledge_ids and source again: a pair whose prompts could differ is reported as
@@ -304,7 +304,7 @@ def ros_service_answer(client, text: str, session_id: str, max_tokens: int, rep:
 def probe_contexts(client, prompts: tuple[str, ...]) -> dict[str, str]:
     """The scene text the node puts into each question's context block, asked from the node.
 
-    A 1-token chat per question in a session of its own (so nothing accumulates in the
+    A short chat per question in a session of its own (so nothing accumulates in the
     sessions measured later). The node reports the scene text it used (Chat.scene_text): for
     cpu_demo without camera frames the engine's "no camera image is available" grounding.
     Questions answered by a rule instead of the LLM, or given knowledge chunks (which the
@@ -312,7 +312,8 @@ def probe_contexts(client, prompts: tuple[str, ...]) -> dict[str, str]:
     """
     contexts = {}
     for i, prompt in enumerate(prompts):
-        response = client.chat(prompt, session_id=f"bench-probe-{i}", max_tokens=1, timeout=120.0)
+        # 4 tokens, not 1: a first token of only whitespace would be an empty reply (an error).
+        response = client.chat(prompt, session_id=f"bench-probe-{i}", max_tokens=4, timeout=120.0)
         if not response.success:
             raise SystemExit(f"probe {prompt!r} failed: {response.error}")
         if response.source != "llm":
