@@ -175,3 +175,89 @@ def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return predicate()
+
+
+class LifecycleClient:
+    """Drives a managed node's standard lifecycle services (get_state, change_state) and its
+    parameters from a test, as `ros2 lifecycle set` / a lifecycle manager would.
+
+    Like SmolFusionClient.wait_for_servers, wait() confirms replies reach this client before
+    the test relies on them: a reply sent before the server matched our reader is dropped by
+    rmw_fastrtps, so each probe is retried with a short timeout.
+    """
+
+    def __init__(self, node, full_name: str) -> None:
+        from lifecycle_msgs.srv import ChangeState, GetState
+        from rcl_interfaces.srv import SetParameters
+
+        self.name = full_name
+        self._get = node.create_client(GetState, f"{full_name}/get_state")
+        self._change = node.create_client(ChangeState, f"{full_name}/change_state")
+        self._set = node.create_client(SetParameters, f"{full_name}/set_parameters")
+
+    def _call(self, client, request, timeout: float):
+        from smolfusion_ros.client import _wait_future
+
+        return _wait_future(client.call_async(request), timeout, self.name)
+
+    def wait(self, timeout: float = 60.0) -> None:
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState, GetState
+        from rcl_interfaces.srv import SetParameters
+
+        from smolfusion_ros.client import ClientError
+
+        deadline = time.monotonic() + timeout
+        probes = [
+            (self._get, GetState.Request()),
+            # An unknown label is refused without a transition: a free probe.
+            (self._change, ChangeState.Request(transition=Transition(label="probe"))),
+            (self._set, SetParameters.Request()),
+        ]
+        for client, request in probes:
+            remaining = deadline - time.monotonic()
+            assert client.wait_for_service(timeout_sec=max(remaining, 0.1)), self.name
+            while True:
+                try:
+                    self._call(client, request, min(2.0, max(deadline - time.monotonic(), 0.1)))
+                    break
+                except ClientError:
+                    assert time.monotonic() < deadline, f"{self.name}: no reply reaches the test"
+
+    def state(self, timeout: float = 30.0) -> str:
+        from lifecycle_msgs.srv import GetState
+
+        return self._call(self._get, GetState.Request(), timeout).current_state.label
+
+    def transition(self, name: str, timeout: float = 60.0) -> bool:
+        """configure, activate, deactivate, cleanup or shutdown; True when it succeeded."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        ids = {
+            "configure": Transition.TRANSITION_CONFIGURE,
+            "activate": Transition.TRANSITION_ACTIVATE,
+            "deactivate": Transition.TRANSITION_DEACTIVATE,
+            "cleanup": Transition.TRANSITION_CLEANUP,
+        }
+        if name == "shutdown":
+            ids["shutdown"] = {
+                "unconfigured": Transition.TRANSITION_UNCONFIGURED_SHUTDOWN,
+                "inactive": Transition.TRANSITION_INACTIVE_SHUTDOWN,
+                "active": Transition.TRANSITION_ACTIVE_SHUTDOWN,
+            }[self.state()]
+        request = ChangeState.Request(transition=Transition(id=ids[name]))
+        return self._call(self._change, request, timeout).success
+
+    def set_parameters(self, timeout: float = 30.0, **values) -> None:
+        """Set parameters (names with '.' given as '__', e.g. llm__model_path)."""
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        parameters = [
+            Parameter(name.replace("__", "."), value=value).to_parameter_msg()
+            for name, value in values.items()
+        ]
+        response = self._call(self._set, SetParameters.Request(parameters=parameters), timeout)
+        problems = [r.reason for r in response.results if not r.successful]
+        assert not problems, problems
