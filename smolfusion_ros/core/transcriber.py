@@ -13,7 +13,8 @@ Policy, in order of priority on the one worker:
   a newer one replaces one still waiting, and speech resuming withdraws it (a false start).
   When its transcript looks complete (`looks_complete`) and the pause has already reached
   `end_silence_short_ms`, the turn is committed there and then, from the worker, instead of
-  waiting for the next audio chunk.
+  waiting for the next audio chunk (and only the final is published, not a speculative
+  utterance that would be stale at once).
 * A partial (a preview while the person speaks) runs only on an idle worker: partials never
   queue, and a skipped one is counted.
 
@@ -471,35 +472,38 @@ class Transcriber:
 
     def _on_result(self, job: Job, result: Transcript) -> None:
         """On the worker thread."""
-        with self._lock:
-            if job.kind == SPECULATION and job.speculation == self._live_speculation:
-                self._timeline.update(spec_start=job.started, spec_done=job.finished)
-        self._deliver(job, result)
         if job.kind != SPECULATION:
+            self._deliver(job, result)
             return
         with self._lock:
-            if (
-                job.generation != self._generation
-                or job.speculation != self._live_speculation
-                or not looks_complete(result.text)
-            ):
-                return
-            # The pause may be the end of the turn: a shorter silence commits it, and when
-            # the pause is that long already, it is committed now.
-            self.segmenter.mark_complete(job.speculation)
-            event = self.segmenter.commit_speculation(job.speculation)
-            if event is not None:
-                self.counts.early_commits += 1
-                self._end_turn(event, self._last_audio_end, time.time())
+            live = job.generation == self._generation and job.speculation == self._live_speculation
+            if live:
+                self._timeline.update(spec_start=job.started, spec_done=job.finished)
+            if live and looks_complete(result.text):
+                # The pause may be the end of the turn: a shorter silence commits it, and
+                # when the pause is that long already, it is committed now.
+                self.segmenter.mark_complete(job.speculation)
+                event = self.segmenter.commit_speculation(job.speculation)
+                if event is not None:
+                    # Only the final goes out: a speculative utterance just before it would
+                    # start a prefill in fusion_node that the final preempts at once.
+                    self.counts.early_commits += 1
+                    self._account(result)
+                    self._end_turn(event, self._last_audio_end, time.time())
+                    return
+        self._deliver(job, result)
+
+    def _account(self, result: Transcript) -> None:
+        self.audio_s += result.audio_s
+        self.compute_s += result.compute_s
+        if result.audio_s > 0:
+            self.last_rtf = result.compute_s / result.audio_s
 
     def _deliver(self, job: Job, result: Transcript) -> None:
         text = result.text.strip()
         with self._lock:
             if not job.reused:  # a reused transcript was counted as its speculation
-                self.audio_s += result.audio_s
-                self.compute_s += result.compute_s
-                if result.audio_s > 0:
-                    self.last_rtf = result.compute_s / result.audio_s
+                self._account(result)
             stale = job.generation != self._generation
             if job.kind == SPECULATION:
                 # Published only while no speech followed and the turn has not ended yet.
