@@ -151,16 +151,18 @@ def wer_clips(sentences: int) -> list[Clip]:
 
 
 def stt_from_spec(spec: str):
-    """'model:compute_type:threads:beam' -> a loaded back end, as speech_node builds it."""
+    """'model:compute_type:threads:beam[:final_window_pad_s]' -> a loaded back end, as
+    speech_node builds it."""
     from smolfusion_ros.nodes.speech_node import resolve_stt_model
 
-    model, compute, threads, beam = spec.split(":")
+    model, compute, threads, beam, *pad = spec.split(":")
     stt = registry.create_stt_backend(
         "faster_whisper",
         model_path=resolve_stt_model("faster_whisper", model, ""),
         compute_type=compute,
         n_threads=int(threads),
         beam_size=int(beam),
+        final_window_pad_s=float(pad[0]) if pad else 0.0,
     )
     stt.load()
     return stt
@@ -212,7 +214,7 @@ class Rig:
 
     NAMESPACE = "/bench_speech"
 
-    def __init__(self) -> None:
+    def __init__(self, extra: list[str]) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import MultiThreadedExecutor
@@ -232,10 +234,10 @@ class Rig:
             base + ["smolfusion_ros.nodes.fusion_node", *ns, "-p", "chat.default_max_tokens:=24"],
             base
             + [speech, *ns, "-r", "__node:=speech_spec", "-r", "audio:=audio_spec"]
-            + ["-p", "session_id:=voice", "-p", "diagnostics_period_s:=0.25"],
+            + ["-p", "session_id:=voice", "-p", "diagnostics_period_s:=0.25", *extra],
             base
             + [speech, *ns, "-r", "__node:=speech_base", "-r", "audio:=audio_base"]
-            + ["-p", "session_id:=voice", "-p", "diagnostics_period_s:=0.25"]
+            + ["-p", "session_id:=voice", "-p", "diagnostics_period_s:=0.25", *extra]
             + ["-p", "vad.speculate_silence_ms:=0", "-p", "vad.end_silence_short_ms:=0"],
         ]
         self.procs = [
@@ -443,9 +445,12 @@ def print_breakdown(timelines: dict[str, list[dict[str, float]]]) -> None:
         )
 
 
-def latency_part(reps: int) -> None:
+def latency_part(reps: int, speech_params: list[str]) -> None:
     samples = [speak(text) for text in LATENCY_SENTENCES]
-    rig = Rig()
+    extra = [arg for param in speech_params for arg in ("-p", param)]
+    if speech_params:
+        print(f"   both speech_nodes with: {' '.join(speech_params)}", flush=True)
+    rig = Rig(extra)
     try:
         results = {"spec": [], "base": []}
         timelines = {"spec": [], "base": []}
@@ -551,13 +556,21 @@ def main() -> None:
         + ", ".join(DEFAULT_STT),
     )
     parser.add_argument("--compare", action="store_true", help="all of: " + ", ".join(COMPARE_STT))
+    parser.add_argument(
+        "--speech-param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="latency part: a parameter for both speech_nodes over the profile's, e.g. "
+        "stt.final_window_pad_s:=10.0 (repeatable)",
+    )
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
     if args.part in ("all", "wer"):
         specs = args.stt or list(COMPARE_STT if args.compare else DEFAULT_STT)
         wer_part(specs, args.sentences)
     if args.part in ("all", "latency"):
-        latency_part(args.reps)
+        latency_part(args.reps, args.speech_param)
     print(f"load average at end: {os.getloadavg()[0]:.2f}", flush=True)
 
 

@@ -34,6 +34,7 @@ Parameters:  stt.backend (faster_whisper | vosk), stt.model (catalogue id; empty
              stt.n_threads (1), stt.beam_size (5, final results), stt.device (cpu | cuda),
              stt.compute_type (int8), stt.partial_window_pad_s (0.0: partials on Whisper's
              full 30 s window; > 0: the audio + this padding, ~5x cheaper),
+             stt.final_window_pad_s (0.0: the same for finals and speculations),
              vad.engine (silero | energy), vad.threshold (0.5),
              vad.min_speech_ms (200), vad.end_silence_ms (700), vad.speculate_silence_ms
              (250; 0 = no speculation), vad.end_silence_short_ms (450; 0 = never shorter),
@@ -128,6 +129,14 @@ def _parameter_specs() -> list[ParamSpec]:
             0.0,
             "faster_whisper partial results only: encode the audio + this much padding instead "
             "of Whisper's full 30 s window (about 5x cheaper, less exact; 0 = full window)",
+            between(0.0, 30.0),
+        ),
+        ParamSpec(
+            "stt.final_window_pad_s",
+            0.0,
+            "faster_whisper finals and speculations: encode the audio + this much padding "
+            "instead of Whisper's full 30 s window (beam search kept; cheaper, less exact on "
+            "unfamiliar voices; 0 = full window)",
             between(0.0, 30.0),
         ),
         ParamSpec("vad.engine", "silero", "voice activity detector", one_of("silero", "energy")),
@@ -283,6 +292,7 @@ class SpeechNode(ManagedNode):
             )
             if hasattr(backend, "partial_window_pad_s"):  # faster_whisper only
                 backend.partial_window_pad_s = p["stt.partial_window_pad_s"]
+                backend.final_window_pad_s = p["stt.final_window_pad_s"]
             started = time.monotonic()
             # Whisper tiny.en / base load in about a second: short enough for the
             # transition callback (a multi-second load would go to a thread of its own).

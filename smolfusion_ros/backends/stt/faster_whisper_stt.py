@@ -12,6 +12,10 @@ of a 0.6 s transcription). Encoding only the audio plus `partial_window_pad_s` o
 about 5x cheaper but less exact (WER 16% -> 27% on accented test voices), so it is used for
 previews only: a final result, and a speculative one that may become final, always use the
 full window. Cheap partials keep the worker free for the speculation at a pause.
+
+`final_window_pad_s` > 0 does the same for finals and speculations (beam search kept): the
+encoder sees the audio + that padding. Measured on 51 espeak-ng clips (bench_speech): see the
+README's speech section for the cost/WER trade-off; 0 (the full window) is the default.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class FasterWhisperSTT:
         language: str = "en",
         device: str = "cpu",
         partial_window_pad_s: float = 0.0,
+        final_window_pad_s: float = 0.0,
     ) -> None:
         self.model_path = check_model_dir(model_path)
         self.compute_type = compute_type
@@ -63,6 +68,7 @@ class FasterWhisperSTT:
         self.language = language or "en"
         self.device = device or "cpu"
         self.partial_window_pad_s = max(0.0, float(partial_window_pad_s))
+        self.final_window_pad_s = max(0.0, float(final_window_pad_s))
         self._model = None
         self._tokenizer = None
         self._prompt: list[int] = []
@@ -100,9 +106,12 @@ class FasterWhisperSTT:
         start = time.perf_counter()
         if len(audio) < self.sample_rate // 10:
             return Transcript("", 0.0, self.language, audio_s, 0.0)
-        if not final and self.partial_window_pad_s > 0:
+        pad = self.final_window_pad_s if final else self.partial_window_pad_s
+        if pad > 0:
             try:
-                text, confidence = self._transcribe_short_window(audio)
+                text, confidence = self._transcribe_short_window(
+                    audio, pad, self.beam_size if final else 1
+                )
             except Exception as exc:
                 raise SpeechBackendError(f"Whisper transcription failed: {exc}") from None
             return Transcript(text, confidence, self.language, audio_s, time.perf_counter() - start)
@@ -137,8 +146,10 @@ class FasterWhisperSTT:
             compute_s=time.perf_counter() - start,
         )
 
-    def _transcribe_short_window(self, audio: np.ndarray) -> tuple[str, float]:
-        """Greedy decoding over an encoder window of the audio + partial_window_pad_s."""
+    def _transcribe_short_window(
+        self, audio: np.ndarray, pad_s: float, beam_size: int
+    ) -> tuple[str, float]:
+        """Decoding over an encoder window of the audio + pad_s seconds of padding."""
         from faster_whisper.audio import pad_or_trim
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
@@ -155,13 +166,13 @@ class FasterWhisperSTT:
             self._suppress = list(get_suppressed_tokens(self._tokenizer, [-1]) or [-1])
         extractor = model.feature_extractor
         features = extractor(audio)
-        pad = int(self.partial_window_pad_s / extractor.time_per_frame)
+        pad = int(pad_s / extractor.time_per_frame)
         frames = min(extractor.nb_max_frames, features.shape[-1] + pad)
         encoded = model.encode(pad_or_trim(features, frames))
         result = model.model.generate(
             encoded,
             [self._prompt],
-            beam_size=1,
+            beam_size=beam_size,
             max_length=min(model.max_length, len(self._prompt) + 160),
             return_scores=True,
             suppress_blank=True,
