@@ -147,6 +147,7 @@ class VisionBridge:
         self.frames_bad = 0
         self.classifier: VisualTurnClassifier | None = None
         self.worker: VisionWorker | None = None
+        self._started = False
         # analyze calls that can wait at once: the queued ones and the one being answered.
         self.max_waiting_calls = ANALYZE_MAX_PENDING + 1
         self._scene_pub = node.create_publisher(SceneContext, "scene", 10)
@@ -199,6 +200,7 @@ class VisionBridge:
         """Start the worker's thread (it loads the vision model first)."""
         if self.worker is not None:
             self.worker.start()
+            self._started = True
 
     @staticmethod
     def _create_backend(p: dict):
@@ -372,5 +374,10 @@ class VisionBridge:
     def close(self) -> None:
         """Stop the worker (queued questions fail, the back end is released); idempotent."""
         worker, self.worker = self.worker, None
-        if worker is not None:
+        started, self._started = self._started, False
+        if worker is None:
+            return
+        if started:
             worker.stop()
+        else:  # configure failed after building it: nothing runs, only the back end to free
+            worker.backend.close()

@@ -77,6 +77,7 @@ class ManagedNode(LifecycleNode):
         self._transition_lock = threading.RLock()
         # The reason of the last failed transition (one line), for the runner and diagnostics.
         self.last_transition_error = ""
+        self._bringing_up = False
 
     # ------------------------------------------------------------ subclass hooks
     def configure(self) -> None:
@@ -194,7 +195,8 @@ class ManagedNode(LifecycleNode):
             hook()
         except ConfigError as exc:
             self.last_transition_error = str(exc)
-            self.get_logger().error(f"{what} failed: {exc}")
+            if not self._bringing_up:  # at autostart the runner prints the one line
+                self.get_logger().error(f"{what} failed: {exc}")
             return False
         except Exception as exc:  # rclpy would turn it into a silent ERROR transition
             self.last_transition_error = f"{type(exc).__name__}: {exc}"
@@ -207,11 +209,15 @@ class ManagedNode(LifecycleNode):
     def bring_up(self) -> str | None:
         """Configure and activate (autostart). Returns None, or the reason it failed."""
         success = TransitionCallbackReturn.SUCCESS
-        if self._state == UNCONFIGURED and self.trigger_configure() != success:
-            return self.last_transition_error or "configure failed"
-        if self._state == INACTIVE and self.trigger_activate() != success:
-            return self.last_transition_error or "activate failed"
-        return None
+        self._bringing_up = True
+        try:
+            if self._state == UNCONFIGURED and self.trigger_configure() != success:
+                return self.last_transition_error or "configure failed"
+            if self._state == INACTIVE and self.trigger_activate() != success:
+                return self.last_transition_error or "activate failed"
+            return None
+        finally:
+            self._bringing_up = False
 
     def close(self) -> None:
         """Process end (runner.shutdown): the shutdown transition, once."""
