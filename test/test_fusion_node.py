@@ -72,7 +72,7 @@ def test_cancel_stops_the_answer_within_200_ms(fusion):
             max_tokens=1000,
             on_feedback=feedback.append,
         )
-        assert wait_for(lambda: len(feedback) >= 3, 90), "no streamed tokens before cancel"
+        assert wait_for(lambda f=feedback: len(f) >= 3, 90), "no streamed tokens before cancel"
         cancel_sent = time.monotonic()
         handle.cancel()
         result = handle.result(10)
