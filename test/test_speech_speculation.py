@@ -209,3 +209,30 @@ def test_a_real_mid_sentence_pause_is_a_false_start_then_one_utterance(tmp_path)
     assert seg.false_starts >= 1, [type(e).__name__ for e in events]
     spoken = (len(parts[0]) + len(parts[1])) / SAMPLE_RATE  # the pause is inside the utterance
     assert finals[0].duration_s >= spoken
+
+
+def test_commit_speculation_ends_the_turn_only_when_marked_and_the_pause_is_long_enough():
+    """The caller learns the transcript looks complete after the pause grew: the turn ends
+    at once (no further chunk needed), never before end_silence_short_ms of silence, never
+    for a speculation that is not live or not marked complete."""
+    seg = segmenter()
+    (spec,) = of(run(seg, silence(0.5), tone(1.0), silence(0.3)), SpeculationDue)
+    assert seg.commit_speculation(spec.speculation) is None  # not marked complete
+    seg.mark_complete(spec.speculation)
+    assert seg.commit_speculation(spec.speculation) is None  # 0.3 s < 450 ms of silence
+    assert of(run(seg, silence(0.1)), UtteranceEnded) == []  # 0.4 s: still inside the pause
+    seg.mark_complete(-1)  # (a newer transcript that does not look complete)
+    assert of(run(seg, silence(0.1)), UtteranceEnded) == []  # 0.5 s, unmarked: no short end
+    assert seg.commit_speculation(spec.speculation) is None
+    seg.mark_complete(spec.speculation)
+    final = seg.commit_speculation(spec.speculation)
+    assert isinstance(final, UtteranceEnded)
+    assert final.reason == "short_silence" and final.speculation == spec.speculation
+    assert seg.short_commits == 1 and seg.state == "listening"
+    assert seg.commit_speculation(spec.speculation) is None  # once only
+    # A speculation discarded by speech resuming can never commit.
+    events = run(seg, tone(1.0), silence(0.3), tone(0.5))
+    (spec2,) = of(events, SpeculationDue)
+    seg.mark_complete(spec2.speculation)
+    run(seg, silence(0.3))
+    assert seg.commit_speculation(spec2.speculation) is None
