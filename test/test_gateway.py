@@ -263,3 +263,59 @@ def test_openapi_docs_list_the_endpoints(graph):
         "/knowledge/search",
     ):
         assert path in paths, path
+
+
+def test_gateway_connections_have_nagle_off():
+    """asyncio turns Nagle off on accepted connections only when the listening socket says
+    TCP: without it every kept-alive request waited 40 ms for the client's delayed ACK."""
+    import asyncio
+    import socket
+
+    from smolfusion_ros.gateway.bridge import bind_socket
+
+    sock = bind_socket("127.0.0.1", 0)
+    assert sock.proto == socket.IPPROTO_TCP
+    port = sock.getsockname()[1]
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                raw = transport.get_extra_info("socket")
+                seen.set_result(raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            value = await asyncio.wait_for(seen, 30)
+            writer.close()
+            return value
+        finally:
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) != 0
+
+
+def test_bridged_ros_futures_call_back_where_the_result_is_set(rclpy_context):
+    """The bridge's done callback runs in the thread that completes the rclpy Future, not as
+    one more executor task (a wake-up and a thread hand-over per call)."""
+    import threading as _threading
+
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.task import Future
+
+    from smolfusion_ros.gateway.bridge import run_done_callbacks_inline
+
+    executor = SingleThreadedExecutor()  # never spun: a scheduled callback would never run
+    try:
+        future = Future()
+        run_done_callbacks_inline(future)
+        future._set_executor(executor)  # what an executor does before set_result
+        called = []
+        future.add_done_callback(lambda f: called.append((_threading.get_ident(), f.result())))
+        future.set_result(42)
+        assert called == [(_threading.get_ident(), 42)]
+    finally:
+        executor.shutdown()
