@@ -234,8 +234,11 @@ class SpeechNode(ManagedNode):
         # Read once: they shape entities that live in every lifecycle state.
         fixed = read_parameters(
             self,
-            [s for s in specs if s.name in ("audio_reliability", "audio_depth")]
-            + [s for s in specs if s.name == "diagnostics_period_s"],
+            [
+                s
+                for s in specs
+                if s.name in ("audio_reliability", "audio_depth", "diagnostics_period_s")
+            ],
         )
         self._backend = None  # configure
         self._backend_name = ""
@@ -273,7 +276,8 @@ class SpeechNode(ManagedNode):
 
     def configure(self) -> None:
         p = read_parameters(self, _parameter_specs())
-        self._vad_config(p)  # a bad VAD setting fails configure already, not only activate
+        # A bad VAD setting or session id fails configure already, not only activate.
+        self._listening_settings(p)
         self._backend_name = p["stt.backend"]
         self._language = p["stt.language"]
         model_dir = resolve_stt_model(self._backend_name, p["stt.model"], p["stt.model_path"])
@@ -306,11 +310,7 @@ class SpeechNode(ManagedNode):
 
     def activate(self) -> None:
         p = read_parameters(self, _parameter_specs())
-        config = self._vad_config(p)
-        try:
-            self._session_id = validate_session_id(p["session_id"])
-        except RequestRejected as exc:
-            raise ConfigError(str(exc)) from None
+        config, self._session_id = self._listening_settings(p)
         segmenter = SpeechSegmenter(config)
         if segmenter.vad_note:
             self.get_logger().warning(segmenter.vad_note)
@@ -336,7 +336,12 @@ class SpeechNode(ManagedNode):
             backend.close()
 
     @staticmethod
-    def _vad_config(p: dict) -> VadConfig:
+    def _listening_settings(p: dict) -> tuple[VadConfig, str]:
+        """The VAD configuration and session id; ConfigError when either is bad."""
+        try:
+            session_id = validate_session_id(p["session_id"])
+        except RequestRejected as exc:
+            raise ConfigError(str(exc)) from None
         config = VadConfig(
             engine=p["vad.engine"],
             threshold=p["vad.threshold"],
@@ -352,7 +357,7 @@ class SpeechNode(ManagedNode):
         problems = config.problems()
         if problems:
             raise ConfigError("vad: " + "; ".join(problems))
-        return config
+        return config, session_id
 
     # ---- callbacks ---------------------------------------------------------------------------
 
