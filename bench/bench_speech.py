@@ -19,7 +19,12 @@
    energy, espeak-ng pads its output), at the real-time instant it was "heard" (chunks are
    published at real-time pace when their audio is complete, as from a microphone).
    Measured: end of speech -> final utterance, and -> first answer token on response_stream;
-   WER of the finals of both (the same recogniser: speculation must not change it).
+   WER of the finals of both (the same recogniser: speculation must not change it). Then
+   where that time goes, per step, from speech_node's own timeline of each turn (turn.* on
+   its /diagnostics: the VAD's end of speech, the speculation queued / started / done, the
+   turn committed, the final published) and fusion_node's last_ttft_s / last_prompt_tokens
+   (did the answer reuse the speculative prefill?). --speech-param NAME:=VALUE sets a
+   parameter of both speech_nodes (e.g. stt.final_window_pad_s:=10.0).
 3. Sentences with a natural pause (two espeak-ng phrases joined by 300-600 ms of silence):
    false starts (speculations discarded because speech resumed, from speech_node's
    /diagnostics), and turns committed inside the pause (a final utterance or an answer token
@@ -365,12 +370,13 @@ class Rig:
             diag = dict(self.diagnostics.get(name, {}))
             fusion = dict(self.diagnostics.get("fusion_node", {}))
         end_wall = wall0 + (len(lead) + len(speech)) / RATE
+        flag = "turn.spec_waited_for_partial"
         timeline = {
             key[5:]: float(value) - end_wall
             for key, value in diag.items()
-            if key.startswith("turn.") and key != "turn.partial_running"
+            if key.startswith("turn.") and key != flag
         }
-        timeline["partial_running"] = float(diag.get("turn.partial_running", "nan"))
+        timeline["partial_running"] = float(diag.get(flag, "nan"))
         for key in ("last_ttft_s", "last_prompt_tokens"):
             timeline[key] = float(fusion.get(key, "nan"))
         return {
