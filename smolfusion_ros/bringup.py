@@ -33,6 +33,7 @@ from smolfusion_ros.nodes.runner import (
     requested_exit_code,
     shutdown,
     spin_until_shutdown,
+    start_spinning,
 )
 
 
@@ -215,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     console_node = rclpy.create_node("console")
     executor.add_node(console_node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    start_spinning(executor)
     # A node that cannot go on (request_exit, e.g. its model failed to load) interrupts the
     # console as a signal would, so the process does not wait in input() for nothing.
     threading.Thread(target=_interrupt_on_exit_request, daemon=True).start()

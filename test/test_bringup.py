@@ -108,3 +108,46 @@ def test_the_readme_demo_command_answers_from_the_repository_root():
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "robot> " in run.stdout and "first token" in run.stdout
+
+
+def test_sigint_answers_the_request_in_progress_then_exits_0(ros_node):
+    """The bringup uses the runner's signal handling: on SIGINT the answer being streamed
+    gets its result ("shutting down") before the nodes go, and the managed nodes were brought
+    to active by their autostart parameter."""
+    import signal
+
+    from conftest import LifecycleClient, make_client, wait_for
+
+    namespace = unique_namespace("bringupsig")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "smolfusion_ros.bringup", "--no-console", "--ros-args"]
+        + ["-r", f"__ns:={namespace}", "-p", "gateway_node:port:=0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tempfile.gettempdir(),
+    )
+    try:
+        client = make_client(ros_node, namespace)
+        client.wait_until_ready(180)
+        for name in ("fusion_node", "memory_node"):
+            lifecycle = LifecycleClient(ros_node, f"{namespace}/{name}")
+            lifecycle.wait(60)
+            assert lifecycle.state() == "active", name
+        streamed = []
+        handle = client.converse(
+            "Write a very long story about a lighthouse keeper.",
+            max_tokens=600,
+            on_feedback=streamed.append,
+        )
+        assert wait_for(lambda: len(streamed) >= 1, 120), "no token before SIGINT"
+        process.send_signal(signal.SIGINT)
+        result = handle.result(60)
+        assert not result.success and "shutting down" in result.error, result.error
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output[-3000:]
+        assert "Traceback" not in output, output[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)

@@ -189,16 +189,28 @@ def _spin(executor: MultiThreadedExecutor) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except RuntimeError as exc:
+        # executor.shutdown() (runner.shutdown, main thread) closed the thread pool while this
+        # thread was handing it one more ready callback: "cannot schedule new futures after
+        # shutdown". Harmless then; anything else is a real error.
+        if not (_exit.event.is_set() and "after shutdown" in str(exc)):
+            raise
     finally:
         _exit.request(_exit.code)  # the context went away: the main thread shuts down
+
+
+def start_spinning(executor: MultiThreadedExecutor) -> threading.Thread:
+    """Spin `executor` on a background thread that ends quietly when the runner shuts down."""
+    spinner = threading.Thread(target=_spin, args=(executor,), name="executor", daemon=True)
+    spinner.start()
+    return spinner
 
 
 def spin_until_shutdown(executor: MultiThreadedExecutor, nodes: Sequence[Node]) -> int:
     """Spin on a background thread until a signal, request_exit() or the context ends; then
     shut down in order. Returns the exit code."""
     install_signal_handlers()
-    spinner = threading.Thread(target=_spin, args=(executor,), name="executor", daemon=True)
-    spinner.start()
+    spinner = start_spinning(executor)
     try:
         # A plain wait in the main thread: Python runs the signal handlers while it waits.
         while not _exit.event.wait(1.0):
