@@ -139,6 +139,27 @@ def test_complete_sentence_commits_as_its_speculation_finishes(whisper, phrases)
         transcriber.close()
 
 
+def test_final_committed_before_its_speculation_finished_waits_for_it_and_reuses_it(
+    whisper, phrases
+):
+    """The whole pause arrives at once (a backlog of chunks): the turn ends at 700 ms while
+    the speculation is still being transcribed; the final waits for it on the worker and
+    reuses it (one transcription), and the timeline still shows the speculation's times."""
+    transcriber, out = make(whisper)
+    try:
+        feed(transcriber, silence(0.4), phrases["question"], silence(1.0))
+        assert wait_for(lambda: out.finals()), out.errors
+        (final,) = out.finals()
+        assert final.reused, final
+        stats = transcriber.stats()
+        assert stats["speculations_reused"] == 1 and stats["utterances"] == 1, stats
+        t = transcriber.last_timeline
+        assert {"spec_due", "spec_start", "spec_done", "final_due", "published"} <= set(t), t
+        assert t["spec_start"] <= t["spec_done"] <= t["published"], t
+    finally:
+        transcriber.close()
+
+
 def test_mid_sentence_pause_is_a_false_start_then_one_final(whisper, phrases):
     """A 350 ms pause after 'Please bring me a glass of water': speculation, then speech
     resumes (a false start); one final with both phrases, nothing final inside the pause.

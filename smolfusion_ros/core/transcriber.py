@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -72,6 +72,8 @@ class Job:
     started: float = 0.0
     finished: float = 0.0
     reused: bool = False  # a final that took its speculation's transcript
+    # Wall times of this job's turn (shared by a final and the speculation it may reuse).
+    timeline: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -419,6 +421,7 @@ class Transcriber:
                 self._live_speculation = event.speculation
                 busy = self.worker.busy
                 self.counts.speculation_waits += busy
+                # A new timeline: the turn's final, if it reuses this speculation, shares it.
                 self._timeline = {
                     "speech_end": audio_end - event.trailing_silence_s,
                     "spec_due": now,
@@ -432,6 +435,7 @@ class Transcriber:
                         self._generation,
                         speculation=event.speculation,
                         submitted=now,
+                        timeline=self._timeline,
                     )
                 )
             elif isinstance(event, SpeculationDiscarded):
@@ -443,10 +447,11 @@ class Transcriber:
 
     def _end_turn(self, event: UtteranceEnded, audio_end: float, now: float) -> None:
         self._live_speculation = -1
-        if event.speculation < 0:
-            self._timeline = {}
-        self._timeline["speech_end"] = audio_end - event.trailing_silence_s
-        self._timeline["final_due"] = now
+        # The final shares its speculation's timeline; without one, a timeline of its own.
+        timeline = self._timeline if event.speculation >= 0 else {}
+        self._timeline = {}
+        timeline["speech_end"] = audio_end - event.trailing_silence_s
+        timeline["final_due"] = now
         job = Job(
             FINAL,
             event.audio,
@@ -457,6 +462,7 @@ class Transcriber:
             audio_end=audio_end,
             trailing_silence_s=event.trailing_silence_s,
             submitted=now,
+            timeline=timeline,
         )
         done = self.worker.take_speculated(event.speculation)
         if done is None:
@@ -476,9 +482,10 @@ class Transcriber:
             self._deliver(job, result)
             return
         with self._lock:
+            # Recorded also when the turn was committed before this finished (the final then
+            # waits for it and reuses it): a discarded speculation's timeline is dropped.
+            job.timeline.update(spec_start=job.started, spec_done=job.finished)
             live = job.generation == self._generation and job.speculation == self._live_speculation
-            if live:
-                self._timeline.update(spec_start=job.started, spec_done=job.finished)
             if live and looks_complete(result.text):
                 # The pause may be the end of the turn: a shorter silence commits it, and
                 # when the pause is that long already, it is committed now.
@@ -526,8 +533,8 @@ class Transcriber:
                 self.last_finalise_s = done - job.submitted
                 latency = done - (job.audio_end - job.trailing_silence_s)
                 self.last_latency_s = latency
-                self._timeline.update(final_start=job.started, published=done)
-                self.last_timeline = dict(self._timeline)
+                job.timeline.update(final_start=job.started, published=done)
+                self.last_timeline = dict(job.timeline)
         self._publish(
             UtteranceResult(
                 text=text,
