@@ -541,7 +541,9 @@ def latency_part(reps: int, speech_params: list[str]) -> None:
             f"   speech_spec totals: speculations {spec_diag.get('speculations')}, "
             f"false_starts {spec_diag.get('false_starts')}, reused "
             f"{spec_diag.get('speculations_reused')}, short_commits "
-            f"{spec_diag.get('short_commits')}, lost_chunks {spec_diag.get('lost_chunks')}",
+            f"{spec_diag.get('short_commits')} (of which committed the moment the speculation "
+            f"finished: {spec_diag.get('early_commits')}), speculation_waits "
+            f"{spec_diag.get('speculation_waits')}, lost_chunks {spec_diag.get('lost_chunks')}",
             flush=True,
         )
     finally:
