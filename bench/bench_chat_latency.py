@@ -609,6 +609,11 @@ def main() -> int:
         f"waited {waited:.1f} s in total for a quiet machine; {load_text()} at the end "
         f"({load_start} at the start)"
     )
+    if disturbed > len(measured) // 4:
+        print(
+            "WARNING: other processes used the CPUs during many samples: these figures are "
+            "not a quiet measurement and should not be quoted; re-run on a quiet machine"
+        )
 
     report = {
         "benchmark": "chat_latency",

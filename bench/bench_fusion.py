@@ -229,7 +229,10 @@ def disturbed_text(shares: list[float]) -> str:
     """How many timed samples other processes disturbed (their share of all CPUs)."""
     count = sum(share > DISTURBED for share in shares)
     worst = max(shares, default=0.0)
-    return f"samples disturbed by other processes {count}/{len(shares)} (worst {worst:.0%})"
+    text = f"samples disturbed by other processes {count}/{len(shares)} (worst {worst:.0%})"
+    if count > len(shares) // 4:
+        text += " - NOT A QUIET MEASUREMENT, do not quote"
+    return text
 
 
 def reset_cache(engine: ChatEngine, session: str) -> None:
