@@ -128,6 +128,7 @@ class SmolFusionClient:
         self._diagnostics = None
         self._model_state = ""
         self._model_detail = ""
+        self._vision_state = ""
         self._converse = _ActionClient(
             node,
             Converse,
@@ -173,9 +174,11 @@ class SmolFusionClient:
         """Wait until the fusion node is active and its model has loaded.
 
         Readiness is fusion_node's lifecycle state (the standard ~/get_state service) plus
-        its language model's state on /diagnostics ("ready"; published as soon as the load
-        ends). Nothing is generated and nothing is written to memory. The chat service and the
-        converse action are waited for too, with replies confirmed (wait_for_servers).
+        its models' state on /diagnostics (language model "ready", vision model not
+        "loading"; published as soon as the language model's load ends, else every
+        diagnostics_period_s). Nothing is generated and nothing is written to memory. The
+        chat service and the converse action are waited for too, with replies confirmed
+        (wait_for_servers).
         """
         deadline = time.monotonic() + timeout
         self._watch_model_state()
@@ -198,7 +201,14 @@ class SmolFusionClient:
             last = f"lifecycle state {state}, model {self._model_state or 'unknown'}"
             if self._model_detail:
                 last += f" ({self._model_detail})"
-            if state == "active" and self._model_state == "ready":
+            if self._vision_state == "loading":
+                last += ", vision model loading"
+            # The vision model too, when there is one (a failed one leaves chat working).
+            if (
+                state == "active"
+                and self._model_state == "ready"
+                and self._vision_state != ("loading")
+            ):
                 return
             if time.monotonic() >= deadline:
                 raise ClientError(f"fusion node not ready after {timeout} s: {last}")
@@ -228,6 +238,7 @@ class SmolFusionClient:
                 values = {kv.key: kv.value for kv in status.values}
                 self._model_state = values.get("state", "")
                 self._model_detail = values.get("detail", "")
+                self._vision_state = values.get("vision_state", "")
 
     def chat(
         self,

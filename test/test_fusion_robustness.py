@@ -162,17 +162,24 @@ def test_a_client_that_gives_up_frees_the_model_at_once(ros_node, start_node):
         client.chat("Say hello.", session_id="next", max_tokens=8).latency_s for _ in range(3)
     )
     started = time.monotonic()
-    with pytest.raises(ClientError):
-        client.chat(LONG_STORY, session_id="story", max_tokens=600, timeout=0.5)
+    # The client gives up after 0.5 s and the node's deadline is the same 0.5 s: on a loaded
+    # machine the node's "deadline passed" answer can win the race. Either way the caller is
+    # free at once and so must the model be.
+    try:
+        early = client.chat(LONG_STORY, session_id="story", max_tokens=600, timeout=0.5)
+        assert not early.success and "deadline passed" in early.error, early.error
+    except ClientError:
+        pass
     gave_up = time.monotonic()
-    assert gave_up - started < 1.0
+    assert gave_up - started < 1.5
     following = client.chat("Say hello.", session_id="next", max_tokens=8, timeout=30)
     waited = time.monotonic() - gave_up
     assert following.success, following.error
     # Without the deadline the next caller waited for the rest of the 600 tokens (11.8 s in
-    # the report); now the model is free within about a second.
-    assert following.ttft_s < unloaded + 1.0, (following.ttft_s, unloaded)
-    assert waited < unloaded + 1.0, (waited, unloaded)
+    # the report, unloaded); now the model is free within about a second (3 s of slack for a
+    # loaded machine: still far below the rest of a 600-token answer).
+    assert following.ttft_s < unloaded + 3.0, (following.ttft_s, unloaded)
+    assert waited < unloaded + 3.0, (waited, unloaded)
 
 
 def test_a_converse_leaf_that_gives_up_cancels_its_goal(ros_node, start_node):
@@ -192,7 +199,9 @@ def test_a_converse_leaf_that_gives_up_cancels_its_goal(ros_node, start_node):
     gave_up = time.monotonic()
     following = client.chat("Say hello.", session_id="next", max_tokens=8, timeout=30)
     assert following.success, following.error
-    assert time.monotonic() - gave_up < unloaded + 1.0
+    # 3 s of slack for a loaded machine; the uncancelled goal would hold the model for the
+    # rest of its 600 tokens (over 10 s).
+    assert time.monotonic() - gave_up < unloaded + 3.0
     assert goal.result(5).cancelled
 
 

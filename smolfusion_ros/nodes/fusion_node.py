@@ -8,6 +8,8 @@ Publishes:   response_stream (ResponseChunk, every token), response (Turn, every
              /diagnostics (1 Hz: model states, queue, time to first token, tokens/s, vision)
 Services:    chat (smolfusion_ros/Chat), analyze (smolfusion_ros/Analyze)
 Actions:     converse (smolfusion_ros/Converse: token feedback, cancel mid-answer)
+Lifecycle:   a managed node (nodes/managed.py): ~/get_state, ~/change_state, ...; the models
+             load in configure (in the background), requests are taken while active.
 Parameters:  llm.* (back end, model, threads, context, sampling), chat.* (limits, queue),
              persona.*, session.*, memory.* (SQLite file, summaries), vision.* (back end,
              model, scene loop, routing patterns, greeting); config/cpu_demo.yaml has each.
