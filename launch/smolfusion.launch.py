@@ -36,13 +36,6 @@ from smolfusion_ros.core.profile import (
     get_profile,
 )
 
-MODEL_PATH_ARGUMENTS = {
-    "llm_model_path": "GGUF file of the language model (sets fusion_node llm.model_path)",
-    "vision_model_path": "vision model file or directory (sets fusion_node vision.model_path)",
-    "vision_mmproj_path": "llama.cpp projector GGUF (sets fusion_node vision.mmproj_path)",
-    "stt_model_path": "speech recognition model directory (sets speech_node stt.model_path)",
-}
-
 
 def _nodes_for_profile(context, *_args, **_kwargs):
     profile = get_profile(LaunchConfiguration("profile").perform(context))
@@ -102,12 +95,28 @@ def generate_launch_description():
                 default_value="",
                 description="OpenAI-compatible VLM server (sets fusion_node vision.base_url)",
             ),
-            *[
-                DeclareLaunchArgument(name, default_value="", description=description)
-                for name, description in MODEL_PATH_ARGUMENTS.items()
-            ],
             DeclareLaunchArgument(
-                AUTOSTART_ARGUMENT,
+                "llm_model_path",
+                default_value="",
+                description="GGUF file of the language model (sets fusion_node llm.model_path)",
+            ),
+            DeclareLaunchArgument(
+                "vision_model_path",
+                default_value="",
+                description="vision model file or directory (sets fusion_node vision.model_path)",
+            ),
+            DeclareLaunchArgument(
+                "vision_mmproj_path",
+                default_value="",
+                description="llama.cpp projector GGUF (sets fusion_node vision.mmproj_path)",
+            ),
+            DeclareLaunchArgument(
+                "stt_model_path",
+                default_value="",
+                description="speech recognition model directory (sets speech_node stt.model_path)",
+            ),
+            DeclareLaunchArgument(
+                "autostart",
                 default_value="",
                 description="true/false: managed nodes configure and activate themselves at "
                 "start-up (empty = as the parameter files say: true in every profile)",
