@@ -157,7 +157,7 @@ def _announce_console(nodes, timeout_s: float = 120.0) -> None:
     process's stdout and stderr while it loads, and a line printed then is lost."""
     from smolfusion_ros.core.chat_engine import EngineState
 
-    engines = [node.engine for node in nodes if hasattr(node, "engine")]
+    engines = [node.engine for node in nodes if getattr(node, "engine", None) is not None]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and any(e.state is EngineState.LOADING for e in engines):
         time.sleep(0.05)
