@@ -261,8 +261,36 @@ def test_openapi_docs_list_the_endpoints(graph):
         "/personas",
         "/knowledge",
         "/knowledge/search",
+        "/knowledge/progress",
     ):
         assert path in paths, path
+
+
+def test_an_inactive_fusion_node_is_503_and_not_ready(graph, module_ros_node):
+    """fusion_node deactivated by a lifecycle manager: /health says not ready and why, /chat
+    is 503 with Retry-After (not a 400: nothing is wrong with the request); active again,
+    both recover."""
+    from conftest import LifecycleClient
+
+    http = graph["http"]
+    fusion = LifecycleClient(module_ros_node, f"{graph['ns']}/fusion_node")
+    fusion.wait()
+    assert fusion.transition("deactivate")
+    try:
+
+        def inactive() -> bool:
+            health = http.get("/health")
+            return health.status == 503 and health.json()["fusion_lifecycle"] == "inactive"
+
+        assert wait_for(inactive, 30, 0.2), http.get("/health").body
+        reply = http.post("/chat", {"text": "Hello?", "session_id": "inactive"})
+        assert reply.status == 503, reply.body
+        assert "inactive" in reply.json()["error"] and "retry-after" in reply.headers
+    finally:
+        assert fusion.transition("activate")
+    assert wait_for(lambda: http.get("/health").status == 200, 60, 0.2)
+    reply = http.post("/chat", {"text": "What's your name?", "session_id": "inactive"})
+    assert reply.status == 200 and reply.json()["source"] == "rule", reply.body
 
 
 def test_gateway_connections_have_nagle_off():

@@ -72,6 +72,7 @@ _UNAVAILABLE = (
     "not ready",
     "too many",
     "no camera frame",
+    "inactive",  # a managed node not in its active lifecycle state
 )
 FEEDBACK_QUEUE = 4096  # feedback events buffered per stream (a slow client gets batches)
 # Ingest progress kept for GET /knowledge/progress: the newest message per document, for
@@ -257,7 +258,11 @@ class GatewayNode(Node):
             raise GatewayError(503, "fusion_node is not running (no chat service)", 5)
         status = self._fusion_status()
         if status is not None:
-            state = {kv.key: kv.value for kv in status.values}.get("state", "")
+            values = {kv.key: kv.value for kv in status.values}
+            state, lifecycle = values.get("state", ""), values.get("lifecycle", "active")
+            if lifecycle != "active":
+                message = f"fusion_node is inactive (lifecycle state: {lifecycle})"
+                raise GatewayError(503, message, 5)
             if state == "loading":
                 raise GatewayError(503, "fusion_node is loading its model; retry shortly", 5)
             if state in ("failed", "stopped"):
@@ -459,9 +464,11 @@ class GatewayNode(Node):
             "knowledge": self._search.service_is_ready(),
         }
         state = fusion_values.get("state", "absent" if not services["chat"] else "unknown")
+        lifecycle = fusion_values.get("lifecycle", "active")  # unmanaged: always active
         return {
-            "ready": services["chat"] and state == "ready",
+            "ready": services["chat"] and state == "ready" and lifecycle == "active",
             "fusion_state": state,
+            "fusion_lifecycle": lifecycle,
             "llm_model": fusion_values.get("model", ""),
             "vision_model": fusion_values.get("vision_model", fusion_values.get("vision", "")),
             "queue_depth": int(fusion_values.get("pending", "0") or 0),
