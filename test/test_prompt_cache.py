@@ -18,6 +18,7 @@ from smolfusion_ros.core.chat_engine import ChatEngine, EngineSettings
 from smolfusion_ros.core.requests import ChatRequest
 from smolfusion_ros.core.scene import LatestFrame, VisionWorker
 from smolfusion_ros.core.sessions import InMemorySessionStore
+from smolfusion_ros.core.summaries import SUMMARY_INSTRUCTIONS
 
 pytestmark = pytest.mark.model
 QUESTIONS = (
@@ -178,5 +179,129 @@ def test_a_request_preempts_a_running_prefill():
         ).wait(60)
         assert result.success
         assert engine.stats.prefills_preempted == 1 and engine.stats.prefills == 0
+    finally:
+        engine.stop()
+
+
+class SummaryHookStore(InMemorySessionStore):
+    """The real in-memory session store, calling `on_summary(session)` on the engine thread
+    right after a summary is stored: a test submits its next question there, so that it is
+    waiting before the engine can do any idle work (a person who answers at once)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_summary = None
+        self.summaries: list[str] = []
+
+    def set_summary(self, session_id: str, text: str, up_to_turn_id: int) -> None:
+        super().set_summary(session_id, text, up_to_turn_id)
+        self.summaries.append(text)
+        hook, self.on_summary = self.on_summary, None
+        if hook is not None:
+            hook(session_id)
+
+
+def _summarising_engine() -> ChatEngine:
+    # Window 4 turns, folded 4 at a time: the third question's answer makes the first two
+    # questions and answers due for the summary, and the next two questions still fit the
+    # window under the previous summary.
+    backend = RecordingBackend(MODEL, n_ctx=2048, n_threads=2, session_cache_bytes=64 << 20)
+    engine = ChatEngine(
+        backend,
+        PERSONAS,
+        SummaryHookStore(window_turns=4),
+        EngineSettings(temperature=0.0, seed=3, summary_batch=4, summary_max_tokens=40),
+    )
+    engine.start()
+    _wait_ready(engine)
+    return engine
+
+
+def _answer_prompts(engine: ChatEngine) -> list[list[dict]]:
+    return [p for p in engine.backend.prompts if p[0]["content"] != SUMMARY_INSTRUCTIONS]
+
+
+def _submit_when_summarised(engine: ChatEngine, text: str, session: str) -> list:
+    submitted = []
+    engine.sessions.on_summary = lambda _sid: submitted.append(
+        engine.submit(ChatRequest(text=text, session_id=session, max_tokens=16))
+    )
+    return submitted
+
+
+def test_a_new_summary_reaches_the_prompt_only_once_its_prefix_was_evaluated():
+    """A question that arrives right after a summary was written (before any idle time)
+    is asked with the previous prefix, which the KV cache holds, not with the new summary;
+    the new prefix is evaluated in idle time under a side name, and the question after that
+    gets the new summary, again evaluating only its own message."""
+    engine = _summarising_engine()
+    try:
+        for question in QUESTIONS[:2]:
+            _ask(engine, question, "s", max_tokens=16)
+        submitted = _submit_when_summarised(engine, QUESTIONS[3], "s")
+        _ask(engine, QUESTIONS[2], "s", max_tokens=16)  # the first two turns are now due
+        before = _answer_prompts(engine)[-1][0]["content"]
+        deadline = time.monotonic() + 120
+        while not submitted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert submitted, "no summary was written"
+        result = submitted[0].wait(120)
+        assert result is not None and result.success, result
+        tokens, (_total, message) = engine.stats.last_prompt_tokens, _prompt_tokens(engine)
+        prompt = _answer_prompts(engine)[-1]
+        assert prompt[0]["content"] == before, "the prompt kept its previous summary"
+        assert QUESTIONS[0] in [m["content"] for m in prompt], "and the folded turns"
+        assert tokens <= message + 24, (tokens, message)
+        deadline = time.monotonic() + 120
+        while engine.stats.summary_switches == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.stats.summary_switches == 1 and engine.stats.summary_switches_forced == 0
+        _result, tokens = _ask(engine, QUESTIONS[4], "s", max_tokens=16)
+        _total, message = _prompt_tokens(engine)
+        prompt = _answer_prompts(engine)[-1]
+        summary = engine.sessions.summary("s")[0]
+        assert prompt[0]["content"].endswith(f"Earlier in this conversation: {summary}")
+        assert QUESTIONS[0] not in [m["content"] for m in prompt]
+        assert tokens <= message + 24, (tokens, message)
+    finally:
+        engine.stop()
+
+
+def test_a_summary_switch_is_forced_when_the_previous_window_would_slide():
+    """Questions arrive back to back, leaving no idle time for the new prefix: the prompt
+    keeps the previous summary while the window still holds the turns, and switches to the
+    new summary (forced) when keeping it would drop turns from the prompt."""
+    engine = _summarising_engine()
+    try:
+        for question in QUESTIONS[:2]:
+            _ask(engine, question, "s", max_tokens=16)
+        chain: list = []
+
+        def next_question(_job) -> None:  # on the engine thread, as the answer finishes
+            if len(chain) < 3:
+                text = QUESTIONS[3 + len(chain)]
+                job = engine.submit(ChatRequest(text=text, session_id="s", max_tokens=16))
+                chain.append(job)
+                job.add_done_callback(next_question)
+
+        engine.sessions.on_summary = lambda _sid: next_question(None)
+        _ask(engine, QUESTIONS[2], "s", max_tokens=16)
+        deadline = time.monotonic() + 120
+        while len(chain) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(chain) == 3, "no summary was written"
+        for job in chain:
+            result = job.wait(120)
+            assert result is not None and result.success, result
+        prompts = _answer_prompts(engine)[-3:]
+        summary = engine.sessions.summaries[0]
+        # 6 and then 8 turns still fit the previous summary's window (4 + a block of 4)...
+        for prompt in prompts[:2]:
+            assert "Earlier in this conversation" not in prompt[0]["content"]
+            assert prompt[1]["content"] == QUESTIONS[0]
+        # ...10 do not: the window would slide, so the new summary comes in with it.
+        assert prompts[2][0]["content"].endswith(f"Earlier in this conversation: {summary}")
+        assert QUESTIONS[0] not in [m["content"] for m in prompts[2]]
+        assert engine.stats.summary_switches_forced == 1
     finally:
         engine.stop()

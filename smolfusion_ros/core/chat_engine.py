@@ -10,7 +10,11 @@ prefix (core.prompt: persona + summary + history, volatile scene text in the las
 the history window slides in blocks that the summary folds at the same time
 (core.sessions.plan_window), each session's KV state survives interleaving (the back end's
 use_session), and background work (summaries, re-evaluating a session's new prefix after a
-summary, speculative prefill) evaluates its prompt in small preemptible steps.
+summary, speculative prefill) gives way to a waiting request within one decode step.
+A new summary does not reach the session's prompts at once: they keep the previous summary
+(and the turns just folded, verbatim) while the new prefix is evaluated in idle time under a
+side name in the back end, then switch in one step (_SummarySwitch), so no question pays
+for re-evaluating its conversation because a summary changed.
 
 A visual turn asks the vision model first, off this thread (VisionWorker.ask_async): the
 engine answers other turns meanwhile and evaluates the visual job's stable prefix; when the
@@ -31,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from smolfusion_ros.backends.llm.base import GenerationSettings, LLMBackend
+from smolfusion_ros.backends.llm.base import GenerationSettings, Interrupt, LLMBackend
 from smolfusion_ros.core.jobs import ChatJob, ChatResult, TokenListener
 from smolfusion_ros.core.personas import PersonaBook
 from smolfusion_ros.core.prompt import PromptTooLongError, build_messages, context_block
@@ -63,9 +67,24 @@ MAX_REMEMBERED_CONTEXTS = 4096
 # The summary folds at most this many blocks in one pass (its prompt must fit the context).
 MAX_FOLD_BLOCKS = 4
 SCRATCH_SESSION = ""  # back-end session for work outside any conversation (summaries)
+# Sessions whose prompts wait for a new summary's prefix at once (older ones switch at once).
+MAX_SUMMARY_SWITCHES = 256
 # (persona id, the person's words) -> (context text for the prompt, ids of the chunks in it);
 # ("", []) when nothing relevant. Called on the engine thread just before the prompt is built.
 KnowledgeLookup = Callable[[str, str], tuple[str, list[str]]]
+
+
+def next_prefix_session(session_id: str) -> str:
+    """The back-end session under which a session's next prefix (new summary) is built."""
+    return f"\x00next-prefix:{session_id}"
+
+
+@dataclass(frozen=True)
+class _SummarySwitch:
+    """A summary that landed while the session's prompts still use the previous one."""
+
+    shown: tuple[str, int]  # (text, last turn covered) the prompts use until the switch
+    new: tuple[str, int]  # what the store holds: the prompts switch once it is evaluated
 
 
 class EngineState(str, Enum):
@@ -92,7 +111,8 @@ class EngineSettings:
     # Keep each user turn's context block (what the robot saw then) in the history text, so
     # the next prompt repeats the evaluated tokens exactly and the prefix cache holds.
     keep_context_in_history: bool = True
-    # After a summary rewrites a session's prefix, evaluate the new prefix in idle time.
+    # After a summary rewrites a session's prefix, evaluate the new prefix in idle time (and,
+    # where the back end keeps session states, only then let the prompts use the summary).
     warm_after_summary: bool = True
 
 
@@ -109,6 +129,10 @@ class EngineStats:
     prefills: int = 0
     prefills_preempted: int = 0
     warmups: int = 0
+    # New summaries that reached the prompts: once their prefix was evaluated in the
+    # background, or forced (the previous summary's window would have had to slide).
+    summary_switches: int = 0
+    summary_switches_forced: int = 0
     vision_timeouts: int = 0
     # Prompt tokens the back end evaluated for the last answer (0 = all were cached).
     last_prompt_tokens: int = 0
@@ -169,7 +193,10 @@ class ChatEngine:
         self._summary_due: set[str] = set()
         # Set when higher-priority work arrives: background work stops within one small
         # prompt chunk or one decode step.
-        self._preempt = threading.Event()
+        # An Interrupt: the llama.cpp back end aborts a running background decode when set.
+        self._preempt = Interrupt()
+        # Sessions whose prompts still use their previous summary (engine thread only).
+        self._switches: OrderedDict[str, _SummarySwitch] = OrderedDict()
         # (session, text) -> (scene text, time) of the last speculative prefill.
         self._prefilled: tuple[str, str, str, float] | None = None
         # (session, stamp, words) -> the user message as evaluated (context block + words).
@@ -487,8 +514,11 @@ class ChatEngine:
         window = max(1, self.sessions.window_turns)
         return self.settings.summary_batch or max(1, window // 2)
 
-    def _window(self, session_id: str) -> WindowPlan:
-        _summary, up_to = self.sessions.summary(session_id)
+    def _window(self, session_id: str, up_to: int | None = None) -> WindowPlan:
+        """The window after the summary covering turns up to `up_to` (None: the stored
+        summary, which decides what is due for folding)."""
+        if up_to is None:
+            up_to = self.sessions.summary(session_id)[1]
         window, block = max(1, self.sessions.window_turns), self._block()
         # Enough turns that the block boundaries stay anchored even when folding lags.
         recent = self.sessions.history(session_id, max_turns=max(64, 4 * (window + block)))
@@ -510,19 +540,70 @@ class ChatEngine:
         while len(self._evaluated) > MAX_REMEMBERED_CONTEXTS:
             self._evaluated.popitem(last=False)
 
+    # ------------------------------------------------------- summary switches
+    def _defers_summaries(self) -> bool:
+        """Whether a new summary can wait for its prefix: the back end keeps session states
+        and can hand one over (else the prompts switch at once, as the old state is lost
+        anyway when the new prefix is evaluated)."""
+        backend = self.backend
+        return (
+            self.settings.warm_after_summary
+            and hasattr(backend, "prefill")
+            and hasattr(backend, "move_session")
+            and bool(getattr(backend, "keeps_sessions", False))
+        )
+
+    def _switch_of(self, session_id: str) -> _SummarySwitch | None:
+        switch = self._switches.get(session_id)
+        if switch is not None and self.sessions.summary(session_id) != switch.new:
+            # Cleared or rewritten elsewhere meanwhile: the store is the truth.
+            self._drop_switch(session_id)
+            return None
+        return switch
+
+    def _drop_switch(self, session_id: str) -> None:
+        if self._switches.pop(session_id, None) is not None:
+            forget = getattr(self.backend, "forget_session", None)
+            if forget is not None:
+                forget(next_prefix_session(session_id))
+
+    def _complete_switch(self, session_id: str, forced: bool = False) -> None:
+        """The prompts use the stored summary from now on, with the state built for it."""
+        if self._switches.pop(session_id, None) is None:
+            return
+        self.backend.move_session(next_prefix_session(session_id), session_id)
+        self.stats.summary_switches += 1
+        self.stats.summary_switches_forced += int(forced)
+
+    def _prompt_plan(self, session_id: str) -> tuple[str, WindowPlan]:
+        """The summary text and the window of turns the session's next prompt carries."""
+        switch = self._switch_of(session_id)
+        if switch is None:
+            text, up_to = self.sessions.summary(session_id)
+            return text, self._window(session_id, up_to)
+        plan = self._window(session_id, switch.shown[1])
+        if not plan.hidden:
+            return switch.shown[0], plan
+        # The previous summary's window would now have to slide (drop turns): that changes
+        # the prefix anyway, so switch now; the question evaluates what the background has
+        # not evaluated yet of the new prefix.
+        self._complete_switch(session_id, forced=True)
+        text, up_to = self.sessions.summary(session_id)
+        return text, self._window(session_id, up_to)
+
     def _messages(
         self, request: ChatRequest, persona, scene: str, notes: tuple[str, ...] = ()
     ) -> list:
         """The prompt for `request`: raises PromptTooLongError."""
         session_id = request.session_id
-        plan = self._window(session_id)
+        summary, plan = self._prompt_plan(session_id)
         return build_messages(
             persona.render_system_prompt(),
             [self._as_evaluated(session_id, turn) for turn in plan.shown],
             request.text,
             scene_text=scene,
             notes=notes,
-            summary_text=self.sessions.summary(session_id)[0],
+            summary_text=summary,
             context_size=self.backend.context_size,
             reserve_tokens=request.max_tokens,
             count_tokens=self.backend.count_tokens,
@@ -600,6 +681,9 @@ class ChatEngine:
             self._remember_evaluated(request.session_id, user_turn, scene)
             if self.settings.summary_batch > 0 and self._window(request.session_id).fold:
                 self._summary_due.add(request.session_id)
+            if request.session_id in self._switches:
+                with self._cond:  # the next prefix, still being built, grew by this turn
+                    self._warm_due.setdefault(request.session_id, None)
         result = self._result(
             job, reply, len(parts), first_token_at, cancelled, persona.persona_id, scene_used
         )
@@ -648,29 +732,42 @@ class ChatEngine:
 
     def _warm(self, session_id: str) -> None:
         """Evaluate the session's stable prefix (system message and history) in idle time,
-        so its next answer evaluates only the new message."""
+        so its next answer evaluates only the new message. While a new summary waits
+        (_SummarySwitch), the prefix with the new summary is built under a side name, and
+        the prompts switch to it once it is complete."""
         if not hasattr(self.backend, "prefill"):
             return
         persona = self.personas.get(self.sessions.persona_of(session_id)) or self.personas.get("")
-        plan = self._window(session_id)
-        if not plan.shown and not self.sessions.summary(session_id)[0]:
+        switch = self._switch_of(session_id)
+        if switch is not None:
+            summary = switch.new[0]
+            plan = self._window(session_id, switch.new[1])
+            target = next_prefix_session(session_id)
+        else:
+            summary, plan = self._prompt_plan(session_id)
+            target = session_id
+        if not plan.shown and not summary:
             return  # nothing beyond the persona prompt; not worth a context switch
         try:
             messages = build_messages(
                 persona.render_system_prompt(),
                 [self._as_evaluated(session_id, turn) for turn in plan.shown],
                 "",
-                summary_text=self.sessions.summary(session_id)[0],
+                summary_text=summary,
                 context_size=self.backend.context_size,
                 reserve_tokens=min(256, self.backend.context_size // 4),
                 count_tokens=self.backend.count_tokens,
             )[:-1]  # without the empty question: its template tokens differ anyway
         except PromptTooLongError:
+            if switch is not None:
+                self._complete_switch(session_id, forced=True)
             return
-        self._use_session(session_id)
+        self._use_session(target)
         self.backend.prefill(messages, self._generation(1, preemptible=True), self._preempt)
         if not self._preempt.is_set():
             self.stats.warmups += 1
+            if switch is not None:
+                self._complete_switch(session_id)
             return
         with self._cond:  # try again when idle, unless an answer in this session comes first
             if session_id not in [job.request.session_id for _, job in self._ready]:
@@ -689,6 +786,8 @@ class ChatEngine:
         if not turns:
             return
         previous, _ = self.sessions.summary(session_id)
+        shown = self._switch_of(session_id)
+        shown = shown.shown if shown is not None else self.sessions.summary(session_id)
         messages = build_summary_messages(previous, turns)
         self._use_session(SCRATCH_SESSION)
         try:
@@ -712,6 +811,12 @@ class ChatEngine:
         if text:
             self.sessions.set_summary(session_id, text, turns[-1].turn_id)
             self.stats.summaries += 1
+            if self._defers_summaries():
+                # The prompts keep `shown` until the new prefix is evaluated (_warm).
+                self._switches[session_id] = _SummarySwitch(shown, (text, turns[-1].turn_id))
+                self._switches.move_to_end(session_id)
+                while len(self._switches) > MAX_SUMMARY_SWITCHES:
+                    self._complete_switch(next(iter(self._switches)), forced=True)
             if self._window(session_id).fold:
                 self._summary_due.add(session_id)  # more to fold (it lagged behind)
             elif self.settings.warm_after_summary:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypedDict
 
@@ -25,6 +26,40 @@ class GenerationSettings:
     # check `cancel` between them, so a waiting person is delayed by about one decode step,
     # not by a whole prompt evaluation.
     preemptible: bool = False
+
+
+class Interrupt(threading.Event):
+    """A cancel event that also runs registered hooks the moment it is set.
+
+    A back end that is inside one long C call (llama.cpp evaluating a chunk of a prompt)
+    cannot poll an Event; it registers a hook that stops the call from the setting thread
+    (llama.cpp's abort callback). Hooks must be quick and must not block: they run under a
+    lock, so that none runs after `hooked()` has returned.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hooks: list[Callable[[], None]] = []
+        self._hooks_lock = threading.Lock()
+
+    def set(self) -> None:
+        super().set()
+        with self._hooks_lock:
+            for hook in self._hooks:
+                hook()
+
+    @contextmanager
+    def hooked(self, hook: Callable[[], None]) -> Iterator[None]:
+        """Run `hook` when the event is set while the block runs (at once if it is set)."""
+        with self._hooks_lock:
+            self._hooks.append(hook)
+            if self.is_set():
+                hook()
+        try:
+            yield
+        finally:
+            with self._hooks_lock:
+                self._hooks.remove(hook)
 
 
 class LLMBackendError(RuntimeError):
@@ -82,3 +117,13 @@ class SessionAwareBackend(Protocol):
         self, messages: list[ChatMessage], settings: GenerationSettings, cancel: threading.Event
     ) -> int:
         """Evaluate the prompt `messages` would get, answer nothing; returns tokens evaluated."""
+
+    # Optional (checked with hasattr): a session's state built under another name first.
+    # The chat engine evaluates a session's next prompt prefix (after its summary changed)
+    # under a side name while the session's current state keeps serving its questions, then
+    # hands that state over in one step.
+    keeps_sessions: bool  # True when saved states survive use_session (a memory budget > 0)
+
+    def move_session(self, source: str, target: str) -> bool:
+        """`source`'s state (active or saved) becomes `target`'s; `target`'s own is dropped.
+        False (nothing changed) when `source` has no state."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -19,12 +20,68 @@ from smolfusion_ros.backends.llm.base import ChatMessage, GenerationSettings, LL
 
 log = logging.getLogger(__name__)
 
-# Most tokens per llama_decode call for preemptible (background) prompt evaluation. The back
-# end adapts the chunk below this bound so that one chunk takes no longer than one decode step
-# of the same model on the same machine (measured while it generates): a waiting request is
-# then delayed by about one decode step, not by a whole prompt evaluation (a summary's prompt
-# of ~400 tokens took 0.3 s on SmolLM2 and seconds on Qwen2.5-1.5B on 2 cores, unstoppable).
+# Most tokens per llama_decode call for preemptible (background) prompt evaluation when the
+# decode cannot be aborted from outside (layers offloaded to a GPU: llama.cpp polls its abort
+# callback only on the CPU). The back end adapts the chunk below this bound so that one chunk
+# takes no longer than one decode step of the same model on the same machine (measured while
+# it generates): a waiting request is then delayed by about one decode step, not by a whole
+# prompt evaluation (a summary's prompt of ~400 tokens took 0.3 s on SmolLM2 and seconds on
+# Qwen2.5-1.5B on 2 cores, unstoppable).
+# On the CPU, background work evaluates in chunks of n_batch instead and a waiting request
+# aborts the running decode between two graph nodes (llama_set_abort_callback). The small
+# chunks cost too much there: on 2 loaded cores they shrank to 1-2 tokens, so re-evaluating a
+# session's prefix after its summary changed ran at decode speed and did not finish within a
+# person's pause (the next question paid for the rest: first token 1.2-1.7 s, issue 8).
 BACKGROUND_EVAL_CHUNK = 16
+# Log lines llama.cpp writes when a decode is aborted (it drops the unfinished chunk from the
+# KV cache); expected for preempted background work, so not passed on to the log.
+_ABORT_LOG_LINES = (
+    "removing memory module entries",
+    "failed to decode",
+    "failed to compute graph",
+    "graph_compute:",
+)
+_log_state = threading.local()  # .aborting: this thread is in a background decode
+_log_filter = None  # the installed llama_log_set callback (kept alive here)
+
+
+def _install_log_filter() -> None:
+    """Pass llama.cpp's log on to llama-cpp-python's handler, without the lines of an
+    intended abort (once per process; the callback is process-wide)."""
+    global _log_filter
+    if _log_filter is not None:
+        return
+    import llama_cpp
+    from llama_cpp import _logger
+
+    forward = _logger.llama_log_callback
+
+    @llama_cpp.llama_log_callback
+    def filtered(level, text, user_data):
+        if getattr(_log_state, "aborting", False) and any(
+            line in (text or b"").decode("utf-8", "replace") for line in _ABORT_LOG_LINES
+        ):
+            return
+        forward(level, text, user_data)
+
+    _log_filter = filtered
+    llama_cpp.llama_log_set(filtered, ctypes.c_void_p(0))
+
+
+def _flag_reader():
+    """A C function usable as llama.cpp's abort callback on a two-byte flag buffer.
+
+    llama.cpp calls `bool abort_callback(void *data)` on its compute thread after every graph
+    node. A Python callback would take the GIL hundreds of times per decode, and wait for it
+    whenever another thread holds it while the other compute threads spin. libc's strlen of
+    the buffer is 0 (go on) or 1 (abort) and needs no GIL: both ABIs this runs on (x86-64
+    System V, AArch64) return it in the register a bool is read from. load() checks that an
+    abort really happens before relying on it. None when libc cannot be found.
+    """
+    try:
+        return ctypes.CDLL(None).strlen
+    except (OSError, AttributeError):
+        return None
 
 
 class _Preempted(Exception):
@@ -80,6 +137,13 @@ class LlamaCppChatBackend:
         self._chunk_now = self._background_chunk  # adapted to the decode step time
         self._decode_step_s = 0.0  # moving average of one generated token's evaluation
         self._preemptible = False
+        # Abort of a running decode (CPU only; see _flag_reader): byte 0 set = abort.
+        self._abort_flag = (ctypes.c_ubyte * 2)()
+        self._abort_callback = None  # kept alive while the context may call it
+        self._abortable = False
+        self._abort_requested_at = 0.0
+        self.aborts = 0  # background decodes stopped mid-way for a waiting request
+        self.last_abort_delay_s = 0.0  # abort requested -> the decode returned
         # Per-call evaluation control, read by the patched Llama.eval (one worker thread).
         self._eval_chunk = n_batch
         self._eval_cancel: threading.Event | None = None
@@ -127,6 +191,55 @@ class LlamaCppChatBackend:
         except (ValueError, RuntimeError) as exc:
             raise LLMBackendError(f"llama.cpp could not load {self._model_path}: {exc}") from exc
         self._patch_eval()
+        if self._n_gpu_layers == 0:
+            self._abortable = self._install_abort()
+        if self._abortable:
+            self._chunk_now = self._n_batch
+
+    def _install_abort(self) -> bool:
+        """Let a waiting request stop a background decode between two graph nodes; True when
+        a test decode of one token was really aborted (and one without the flag was not)."""
+        import llama_cpp
+
+        reader = _flag_reader()
+        if reader is None:
+            return False
+        _install_log_filter()
+        llm = self._llm
+        callback = ctypes.cast(reader, llama_cpp.ggml_abort_callback)
+        data = ctypes.cast(self._abort_flag, ctypes.c_void_p)
+        llama_cpp.llama_set_abort_callback(llm._ctx.ctx, callback, data)
+        self._abort_callback = callback
+        token = llm.token_bos() if llm.token_bos() >= 0 else 0
+        aborted = False
+        _log_state.aborting = True
+        try:
+            self._abort_flag[0] = 1
+            try:
+                self._evaluate_raw([token])
+            except RuntimeError:
+                aborted = True
+            self._abort_flag[0] = 0
+            if aborted:
+                self._evaluate_raw([token])  # must work again once the flag is down
+        except RuntimeError as exc:
+            log.warning("llama.cpp abort check failed, background work uses small chunks: %s", exc)
+            aborted = False
+        finally:
+            _log_state.aborting = False
+            self._abort_flag[0] = 0
+            llm.reset()
+            llm._ctx.kv_cache_seq_rm(-1, -1, -1)
+        if not aborted:
+            no_callback = llama_cpp.ggml_abort_callback()  # NULL
+            llama_cpp.llama_set_abort_callback(llm._ctx.ctx, no_callback, None)
+            self._abort_callback = None
+        return aborted
+
+    def _abort_now(self) -> None:
+        """Interrupt hook (any thread): stop the running background decode."""
+        self._abort_requested_at = time.perf_counter()
+        self._abort_flag[0] = 1
 
     def _patch_eval(self) -> None:
         """Route llama-cpp-python's prompt evaluation through chunks we can stop between.
@@ -138,7 +251,7 @@ class LlamaCppChatBackend:
         leaves a valid, reusable prefix in the KV cache.
         """
         llm = self._llm
-        evaluate = llm.eval  # the bound original
+        evaluate = self._evaluate_raw = llm.eval  # the bound original
 
         def eval_in_chunks(tokens) -> None:
             tokens = list(tokens)
@@ -150,7 +263,15 @@ class LlamaCppChatBackend:
                 step = self._chunk_now if self._preemptible else max(1, self._eval_chunk)
                 part = tokens[start : start + step]
                 began = time.perf_counter()
-                evaluate(part)
+                try:
+                    evaluate(part)
+                except RuntimeError:
+                    if not (self._preemptible and self._abort_flag[0]):
+                        raise
+                    # Aborted for a waiting request: llama.cpp dropped this chunk from the KV
+                    # cache and n_tokens was not advanced, so the evaluated prefix stays valid.
+                    self._aborted(time.perf_counter())
+                    raise _Preempted from None
                 self._observe(len(part), step, time.perf_counter() - began)
                 start += len(part)
                 self.tokens_evaluated_total += len(part)
@@ -166,16 +287,36 @@ class LlamaCppChatBackend:
         if evaluated == 1 and not self._counting_prompt:
             previous = self._decode_step_s
             self._decode_step_s = seconds if not previous else 0.8 * previous + 0.2 * seconds
-        elif self._preemptible and evaluated == step and self._decode_step_s:
+        elif (
+            self._preemptible and not self._abortable and evaluated == step and self._decode_step_s
+        ):
             if seconds > self._decode_step_s and step > 1:
                 self._chunk_now = max(1, step // 2)
             elif seconds < 0.5 * self._decode_step_s and step < self._background_chunk:
                 self._chunk_now = min(self._background_chunk, step * 2)
 
+    def _aborted(self, now: float) -> None:
+        """A background decode was aborted: keep the abort within one decode step by
+        shrinking the chunk when it took longer (a graph node of a large chunk of a large
+        model can take that long), growing it back when it took less than half."""
+        self.aborts += 1
+        delay = max(0.0, now - self._abort_requested_at)
+        self.last_abort_delay_s = delay
+        step = self._decode_step_s
+        if step and delay > step and self._chunk_now > 1:
+            self._chunk_now = max(1, self._chunk_now // 2)
+        elif step and delay < 0.5 * step:
+            self._chunk_now = min(self._n_batch, self._chunk_now * 2)
+
     @property
     def background_chunk(self) -> int:
         """Tokens per background evaluation step right now (adapted)."""
         return self._chunk_now
+
+    @property
+    def abortable(self) -> bool:
+        """True when a waiting request aborts a running background decode (CPU)."""
+        return self._abortable
 
     def count_tokens(self, text: str) -> int:
         if self._llm is None:
@@ -198,6 +339,30 @@ class LlamaCppChatBackend:
 
     def forget_session(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
+
+    @property
+    def keeps_sessions(self) -> bool:
+        """True when a session's state survives another session using the context."""
+        return self._session_budget > 0
+
+    def move_session(self, source: str, target: str) -> bool:
+        """`source`'s state (active or saved) becomes `target`'s; `target`'s is dropped."""
+        if self._llm is None or source == target:
+            return False
+        if self._active_session == source:
+            self._sessions.pop(target, None)
+            self._active_session = target
+            return True
+        saved = self._sessions.pop(source, None)
+        if saved is None:
+            return False
+        if self._active_session == target:
+            # The context holds target's old state: make source's current instead.
+            self._restore(saved)
+        else:
+            self._sessions[target] = saved
+            self._sessions.move_to_end(target)
+        return True
 
     def _save(self, session_id: str) -> None:
         import llama_cpp
@@ -253,6 +418,13 @@ class LlamaCppChatBackend:
         self._eval_cancel = cancel
         self.prompt_tokens_evaluated = 0
         self._counting_prompt = True
+        # Background work on the CPU: a waiting request (cancel is then an Interrupt) aborts
+        # the running decode at once instead of after the chunk.
+        hooks = contextlib.ExitStack()
+        self._abort_flag[0] = 0
+        if settings.preemptible and self._abortable and hasattr(cancel, "hooked"):
+            hooks.enter_context(cancel.hooked(self._abort_now))
+            _log_state.aborting = True
         stream = self._llm.create_chat_completion(
             messages=list(messages),
             max_tokens=settings.max_tokens,
@@ -277,6 +449,10 @@ class LlamaCppChatBackend:
             self._counting_prompt = False
             self._preemptible = False
             self._eval_cancel = None
+            # After this no hook can run: the flag stays down for the next (foreground) decode.
+            hooks.close()
+            self._abort_flag[0] = 0
+            _log_state.aborting = False
             # Closing the generator ends llama.cpp's sampling loop at once.
             stream.close()
 
@@ -298,8 +474,11 @@ class LlamaCppChatBackend:
             seed=0,
             preemptible=settings.preemptible,
         )
-        for _ in self.stream_chat(messages, one, cancel):
-            break
+        stream = self.stream_chat(messages, one, cancel)
+        try:
+            next(stream, None)
+        finally:
+            stream.close()
         return self.prompt_tokens_evaluated
 
     def close(self) -> None:
