@@ -61,16 +61,17 @@ def test_a_spoken_question_is_heard_answered_and_spoken(ros_node, start_node, tm
         params={"wav_file": str(wav), "wait_for_subscriber_s": 10.0},
     )
 
-    assert wait_for(lambda: any(u.is_final for u in utterances), 30), utterances
+    # Generous waits: on a loaded 2-core machine an answer took over 30 s (CI flake).
+    assert wait_for(lambda: any(u.is_final for u in utterances), 60), utterances
     final = next(u for u in utterances if u.is_final)
     assert final.source == Utterance.SOURCE_SPEECH and final.session_id == "voice"
     assert "capital of france" in final.text.lower()
-    assert wait_for(lambda: any(t.session_id == "voice" for t in turns), 30)
+    assert wait_for(lambda: any(t.session_id == "voice" for t in turns), 120)
     answer = next(t for t in turns if t.session_id == "voice")
     assert answer.text.strip() and answer.source == "llm"
     # The answer is spoken: WAV files appear, non-silent, while robot_speaking goes True.
     assert wait_for(
-        lambda: any(spoken.glob("*.wav")) and speaking[-1] is False and True in speaking, 30
+        lambda: any(spoken.glob("*.wav")) and speaking[-1] is False and True in speaking, 90
     ), speaking
     audio, rate = read_wav(sorted(spoken.glob("*.wav"))[0])
     assert rate > 0 and np.sqrt(np.mean(audio.astype(np.float64) ** 2)) > 200
@@ -95,8 +96,9 @@ def test_sentences_played_through_the_microphone_are_transcribed(ros_node, start
         namespace,
         params={"wav_file": str(wav), "wait_for_subscriber_s": 10.0},
     )
-    # Until the last sentence has been heard (or a minute has passed).
-    assert wait_for(lambda: any("time" in u.text.lower() for u in finals), 60), [
+    # Until the last sentence has been heard (or two minutes have passed: a loaded machine
+    # transcribes slower than real time and the finals queue up).
+    assert wait_for(lambda: any("time" in u.text.lower() for u in finals), 120), [
         u.text for u in finals
     ]
     reference = [w for s in SENTENCES for w in normalise(s)]
