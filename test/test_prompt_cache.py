@@ -305,3 +305,50 @@ def test_a_summary_switch_is_forced_when_the_previous_window_would_slide():
         assert engine.stats.summary_switches_forced == 1
     finally:
         engine.stop()
+
+
+def test_a_waiting_request_aborts_a_background_decode_and_the_prefix_stays_valid():
+    """On the CPU a background prompt evaluation runs in n_batch chunks; setting the engine's
+    Interrupt aborts the chunk being decoded (llama.cpp's abort callback) instead of waiting
+    for it. The chunk is dropped from the KV cache, the chunks before it are kept: resuming
+    evaluates only the rest, and the answer is the same as without the interruption."""
+    from smolfusion_ros.backends.llm.base import GenerationSettings, Interrupt
+
+    messages = [
+        {"role": "system", "content": "You are a helpful robot."},
+        {"role": "user", "content": "I like trains and boats and planes. " * 50},
+    ]
+    greedy = GenerationSettings(max_tokens=8, temperature=0.0, seed=0)
+    plain = RecordingBackend(MODEL, n_ctx=2048, n_threads=2, n_batch=256)
+    plain.load()
+    try:
+        expected = "".join(plain.stream_chat(messages, greedy, threading.Event()))
+        total = plain.prompt_tokens_evaluated
+    finally:
+        plain.close()
+    backend = RecordingBackend(MODEL, n_ctx=2048, n_threads=2, n_batch=256)
+    backend.load()
+    try:
+        assert backend.abortable and backend.background_chunk == 256
+        interrupt = Interrupt()
+
+        def interrupt_during_the_second_chunk() -> None:
+            deadline = time.monotonic() + 60
+            while backend.tokens_evaluated_total < 256 and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            interrupt.set()
+
+        thread = threading.Thread(target=interrupt_during_the_second_chunk)
+        thread.start()
+        first = backend.prefill(messages, GenerationSettings(preemptible=True), interrupt)
+        thread.join()
+        assert backend.aborts == 1, "the second chunk was aborted, not finished"
+        assert first == 256, "only the first chunk was kept"
+        interrupt.clear()
+        rest = backend.prefill(messages, GenerationSettings(preemptible=True), interrupt)
+        assert first + rest == total, (first, rest, total)
+        answer = "".join(backend.stream_chat(messages, greedy, threading.Event()))
+        assert backend.prompt_tokens_evaluated <= 1
+        assert answer == expected
+    finally:
+        backend.close()
