@@ -18,6 +18,12 @@ profiles' Qwen2.5-Coder-1.5B on this CPU, installed from requirements/bench-mode
    both evaluate the same new text per turn. Engine and direct turns alternate in order; a
    `--pause` (the person listening and speaking) follows every node turn, as in a real
    conversation: that is when the node folds summaries and re-evaluates a changed prefix.
+   Same machine for both sides: while the direct side answers, camera_node and fusion_node
+   are stopped (SIGSTOP, then SIGCONT), so neither the scene loop's OCR nor the node's
+   background work competes with it; the node answers with its scene loop live, as in use,
+   and gets exactly `--pause` seconds of idle time after each answer either way. Per turn
+   the bench prints the prompt tokens the node evaluated for that answer (the rest came
+   from its KV cache; fusion_node's /diagnostics) and its summaries and prefix warm-ups.
 2. `--sessions` sessions interleaved round-robin through the same node (its session cache
    keeps each one's KV state); the baseline uses one Llama per session (ideal caching).
 3. In-process: how long a running summary delays a request that arrives meanwhile (submit
@@ -31,8 +37,10 @@ process disturbs these times: the bench prints the load average next to the figu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -167,6 +175,42 @@ class Direct:
         return (first or time.monotonic()) - start
 
 
+class NodeWatch:
+    """fusion_node's /diagnostics (last_prompt_tokens, summaries, prefix_warmups), and
+    camera_node + fusion_node stopped while the direct side runs (the same machine for it)."""
+
+    def __init__(self, client, processes: list[subprocess.Popen]) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.values: dict[str, str] = {}
+        self.received = 0
+        self._processes = processes
+        client.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 20)
+
+    def _on_diag(self, msg) -> None:
+        for status in msg.status:
+            if "fusion_node" in status.name:
+                self.values = {kv.key: kv.value for kv in status.values}
+                self.received += 1
+
+    def fresh(self, timeout: float = 5.0) -> dict[str, str]:
+        """The next /diagnostics after now (the node publishes them every 0.25 s)."""
+        seen, deadline = self.received, time.monotonic() + timeout
+        while self.received == seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return dict(self.values)
+
+    @contextlib.contextmanager
+    def nodes_stopped(self):
+        for proc in self._processes:
+            proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for proc in self._processes:
+                proc.send_signal(signal.SIGCONT)
+
+
 def node_answer(client, session: str, text: str, max_tokens: int) -> float:
     feedback_at: list[float] = []
     start = time.monotonic()
@@ -182,7 +226,7 @@ def node_answer(client, session: str, text: str, max_tokens: int) -> float:
     return (min(feedback_at) if feedback_at else time.monotonic()) - start
 
 
-def conversation(client, direct: Direct, scene, plan, max_tokens, pause) -> dict:
+def conversation(client, watch: NodeWatch, direct: Direct, scene, plan, max_tokens, pause):
     """plan: [(session, turn number in that session)]; returns {(session, n): (node, direct)}."""
     out = {}
     for i, (session, n) in enumerate(plan):
@@ -191,16 +235,24 @@ def conversation(client, direct: Direct, scene, plan, max_tokens, pause) -> dict
         scene_text = scene[0]
         if i % 2 == 0:
             node_s = node_answer(client, session, text, max_tokens)
+            diag = watch.fresh()  # within the pause: this answer's own figures
             time.sleep(pause)
-            direct_s = direct.answer(session, text, scene_text, max_tokens)
+            with watch.nodes_stopped():
+                direct_s = direct.answer(session, text, scene_text, max_tokens)
         else:
-            direct_s = direct.answer(session, text, scene_text, max_tokens)
+            with watch.nodes_stopped():
+                direct_s = direct.answer(session, text, scene_text, max_tokens)
             node_s = node_answer(client, session, text, max_tokens)
+            diag = watch.fresh()
             time.sleep(pause)
-        out[(session, n)] = (node_s, direct_s)
+        out[(session, n)] = (node_s, direct_s, int(diag.get("last_prompt_tokens", -1)))
+        ratio = node_s / direct_s
         print(
             f"  {session} turn {n:2d}: node {node_s * 1000:7.1f} ms  direct "
-            f"{direct_s * 1000:7.1f} ms  ({node_s / direct_s:4.2f}x)",
+            f"{direct_s * 1000:7.1f} ms  node/direct {ratio:4.2f} "
+            f"({'ok' if ratio <= 1.15 else 'MISS'}, <= 1.15); node evaluated "
+            f"{diag.get('last_prompt_tokens', '?')} prompt tokens; summaries "
+            f"{diag.get('summaries', '?')}, prefix warm-ups {diag.get('prefix_warmups', '?')}",
             flush=True,
         )
     return out
@@ -214,6 +266,12 @@ def report(title: str, rows: dict, turns: int) -> None:
     node = {n: v[0] for (_s, n), v in rows.items()}
     direct = {n: v[1] for (_s, n), v in rows.items()}
     print(f"{title} ({load_average()}):")
+    within = sum(node[n] <= 1.15 * direct[n] for n in node)
+    tokens = sorted(v[2] for v in rows.values())
+    print(
+        f"    node/direct <= 1.15 at {within} of {len(node)} turns; prompt tokens the node "
+        f"evaluated per turn: median {statistics.median(tokens)}, max {tokens[-1]}"
+    )
     for n in [t for t in REPORTED if t <= turns]:
         print(
             f"    turn {n:2d}: node {node[n] * 1000:7.1f} ms, direct {direct[n] * 1000:7.1f} ms,"
@@ -367,6 +425,8 @@ def bench_model(name: str, args, env: dict) -> None:
             f"vision.interval_s:={args.scene_interval}",
             "-p",
             "vision.greeting:=''",
+            "-p",
+            "diagnostics_period_s:=0.25",
         ],
         node_env,
         work / "fusion.log",
@@ -382,6 +442,7 @@ def bench_model(name: str, args, env: dict) -> None:
     client.node.create_subscription(
         SceneContext, f"{namespace}/scene", lambda m: scene.__setitem__(0, m.description), 10
     )
+    watch = NodeWatch(client, [camera, fusion])
     try:
         wait_for_node(client, fusion, work / "fusion.log", timeout=300)
         system = load_personas(config_path("personas.yaml")).get("").render_system_prompt()
@@ -392,6 +453,7 @@ def bench_model(name: str, args, env: dict) -> None:
         print(f"1. one session, {args.turns} turns:", flush=True)
         solo = conversation(
             client,
+            watch,
             direct,
             scene,
             [("solo", n) for n in range(1, args.turns + 1)],
@@ -402,7 +464,7 @@ def bench_model(name: str, args, env: dict) -> None:
         per_session = args.interleaved_turns or (10 if name == "smollm2" else 4)
         print(f"2. {args.sessions} sessions interleaved, {per_session} turns each:", flush=True)
         plan = [(f"s{k}", n) for n in range(1, per_session + 1) for k in range(args.sessions)]
-        mixed = conversation(client, direct, scene, plan, max_tokens, args.pause)
+        mixed = conversation(client, watch, direct, scene, plan, max_tokens, args.pause)
         interleaved_report(mixed, args.sessions)
     finally:
         client.close()
