@@ -315,3 +315,34 @@ def test_a_failing_recogniser_is_counted_and_the_worker_goes_on(phrases):
         assert [r.text for r in out.finals()] == ["hello there."]
     finally:
         transcriber.close()
+
+
+def test_slow_partials_give_way_with_a_sleeping_standin_recogniser():
+    """Stand-in recogniser that takes 0.4 s per preview (a loaded machine; real tiny.en took
+    1-2 s under a load of 12): after one such partial, the next ones are skipped for a while
+    (partials_too_slow) even on an idle worker, so none can delay a speculation."""
+
+    class SleepingStandInRecogniser(BlockingStandInRecogniser):
+        def transcribe(self, audio, final):
+            self.calls += 1
+            time.sleep(0.4)
+            return Transcript(f"words {self.calls}", 0.9, "en", len(audio) / SAMPLE_RATE, 0.4)
+
+    config = VadConfig(engine="energy", end_silence_ms=700, partial_interval_s=0.5)
+    tone = (0.3 * 32767 * np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 220 / SAMPLE_RATE)).astype(
+        np.int16
+    )
+    out = Collector()
+    transcriber = Transcriber(
+        SleepingStandInRecogniser(), SpeechSegmenter(config, vad=EnergyVad()), out
+    )
+    try:
+        seq = feed(transcriber, silence(0.3), tone)  # one partial due and offered
+        assert wait_for(lambda: transcriber.stats()["partials"] == 1)
+        assert wait_for(lambda: not transcriber.worker.busy)
+        feed(transcriber, tone, seq0=seq)  # more partials due, worker idle, but too slow
+        stats = transcriber.stats()
+        assert stats["partials_too_slow"] >= 1 and stats["partials"] == 1, stats
+        assert not transcriber.worker.busy and transcriber.worker.pending == 0
+    finally:
+        transcriber.close()

@@ -16,7 +16,9 @@ Policy, in order of priority on the one worker:
   waiting for the next audio chunk (and only the final is published, not a speculative
   utterance that would be stale at once).
 * A partial (a preview while the person speaks) runs only on an idle worker: partials never
-  queue, and a skipped one is counted.
+  queue, and a skipped one is counted. A running partial cannot be interrupted, so when the
+  last one took more than half of `partial_interval_s` (a slow or loaded machine), previews
+  pause for a few seconds (partials_too_slow) rather than delay the speculation at a pause.
 
 Queues are bounded: at most `max_finals` finals wait (a full queue drops the oldest, counted as
 finals_dropped), at most one speculation and one partial.
@@ -52,6 +54,12 @@ from smolfusion_ros.core.speech import (
 
 SPECULATION_CACHE = 4  # speculative transcripts kept for reuse (only the newest is ever used)
 STREAM_GAP_MIN_S = 1.5  # audio silent this long mid-utterance ends it (a file or device stopped)
+# Previews give way on a slow machine: a partial that took more than this share of
+# partial_interval_s makes the next ones skip for PARTIAL_RETRY_S (then one is tried again).
+# A running partial cannot be interrupted, and under a load of 12 on 2 cores partials took
+# 1-2 s and delayed every speculation at the pause after them (bench_speech: 4/4 turns).
+PARTIAL_BUDGET = 0.5
+PARTIAL_RETRY_S = 5.0
 
 PARTIAL, SPECULATION, FINAL = "partial", "speculation", "final"
 
@@ -271,6 +279,7 @@ class _Counts:
     utterances: int = 0
     partials: int = 0
     partials_skipped: int = 0
+    partials_too_slow: int = 0  # of those skipped: the last partial took too long
     empty_results: int = 0
     errors: int = 0
     speculations: int = 0
@@ -314,6 +323,8 @@ class Transcriber:
         self._last_partial_text: dict[int, str] = {}
         self._last_chunk_at: float | None = None  # monotonic
         self._last_audio_end = 0.0  # wall (capture) time of the end of the last chunk
+        self._partial_cost = 0.0  # seconds the last partial took on the worker
+        self._partial_offered_at = -PARTIAL_RETRY_S  # monotonic
         self.counts = _Counts()
         self.sequence = SequenceCheck()
         self.audio_s = 0.0
@@ -414,8 +425,10 @@ class Transcriber:
         for event in events:
             if isinstance(event, PartialDue):
                 job = Job(PARTIAL, event.audio, event.utterance, self._generation, submitted=now)
-                if not self.worker.offer_partial(job):
+                if self._partials_too_slow() or not self.worker.offer_partial(job):
                     self.counts.partials_skipped += 1
+                else:
+                    self._partial_offered_at = time.monotonic()
             elif isinstance(event, SpeculationDue):
                 self.counts.speculations += 1
                 self._live_speculation = event.speculation
@@ -444,6 +457,14 @@ class Transcriber:
                 self.worker.discard_speculation(event.speculation)
             elif isinstance(event, UtteranceEnded):
                 self._end_turn(event, audio_end, now)
+
+    def _partials_too_slow(self) -> bool:
+        budget = PARTIAL_BUDGET * self.segmenter.config.partial_interval_s
+        recent = time.monotonic() - self._partial_offered_at < PARTIAL_RETRY_S
+        if self._partial_cost > budget and recent:
+            self.counts.partials_too_slow += 1
+            return True
+        return False
 
     def _end_turn(self, event: UtteranceEnded, audio_end: float, now: float) -> None:
         self._live_speculation = -1
@@ -517,6 +538,7 @@ class Transcriber:
                 if stale or not text or job.speculation != self._live_speculation:
                     return
             elif job.kind == PARTIAL:
+                self._partial_cost = job.finished - job.started
                 # Audio from before a mute or a disable, or a partial that changes nothing.
                 if stale or not text or self._last_partial_text.get(job.utterance) == text:
                     return
