@@ -16,7 +16,8 @@ Publishes:   utterance (smolfusion_ros/Utterance, source=speech: partial results
              one (speculative=true, is_final=false) when a pause reaches
              vad.speculate_silence_ms, so the LLM can evaluate its prompt early; then one
              final result with is_final=true), /diagnostics (1 Hz: state listening|speech|
-             muted|disabled, utterances, partials, partials_skipped, speculations,
+             muted|disabled, utterances, partials, partials_skipped (partials_too_slow: of
+             those, skipped because the last preview took over half the interval), speculations,
              false_starts (speculations discarded because speech resumed), speculations_reused
              (finals that reused the speculative transcript), short_commits (turns ended at
              vad.end_silence_short_ms), real_time_factor, last_latency_s (end of speech, by the
