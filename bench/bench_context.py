@@ -18,10 +18,13 @@ profiles' Qwen2.5-Coder-1.5B on this CPU, installed from requirements/bench-mode
    both evaluate the same new text per turn. Engine and direct turns alternate in order; a
    `--pause` (the person listening and speaking) follows every node turn, as in a real
    conversation: that is when the node folds summaries and re-evaluates a changed prefix.
-   Same machine for both sides: while the direct side answers, camera_node and fusion_node
-   are stopped (SIGSTOP, then SIGCONT), so neither the scene loop's OCR nor the node's
-   background work competes with it; the node answers with its scene loop live, as in use,
-   and gets exactly `--pause` seconds of idle time after each answer either way. Per turn
+   Same machine for both sides: while the direct side answers, camera_node is stopped
+   (SIGSTOP, then SIGCONT) and the bench waits until fusion_node's scene loop has gone quiet
+   (no new scene for 1 s), so the scene loop's OCR does not compete with the direct side;
+   the node answers with its scene loop live, as in use. (fusion_node itself is not stopped:
+   Fast DDS's shared-memory transport gave up on a stopped process and the next goal went
+   unanswered; its own background work - a summary, a prefix warm-up - may still run
+   during a direct turn that follows its pause, which favours the direct side.) Per turn
    the bench prints the prompt tokens the node evaluated for that answer (the rest came
    from its KV cache; fusion_node's /diagnostics) and its summaries and prefix warm-ups.
 2. `--sessions` sessions interleaved round-robin through the same node (its session cache
@@ -176,16 +179,25 @@ class Direct:
 
 
 class NodeWatch:
-    """fusion_node's /diagnostics (last_prompt_tokens, summaries, prefix_warmups), and
-    camera_node + fusion_node stopped while the direct side runs (the same machine for it)."""
+    """fusion_node's /diagnostics (last_prompt_tokens, summaries, prefix_warmups), and the
+    camera stopped, the scene loop quiet, while the direct side runs."""
 
-    def __init__(self, client, processes: list[subprocess.Popen]) -> None:
+    def __init__(self, client, namespace: str, camera: subprocess.Popen) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
+
+        from smolfusion_ros.msg import SceneContext
 
         self.values: dict[str, str] = {}
         self.received = 0
-        self._processes = processes
+        self._camera = camera
+        self._scene_at = time.monotonic()
         client.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 20)
+        client.node.create_subscription(
+            SceneContext, f"{namespace}/scene", lambda _m: self._scene_seen(), 10
+        )
+
+    def _scene_seen(self) -> None:
+        self._scene_at = time.monotonic()
 
     def _on_diag(self, msg) -> None:
         for status in msg.status:
@@ -202,13 +214,15 @@ class NodeWatch:
 
     @contextlib.contextmanager
     def nodes_stopped(self):
-        for proc in self._processes:
-            proc.send_signal(signal.SIGSTOP)
+        self._camera.send_signal(signal.SIGSTOP)
         try:
+            # The frame in flight is still described: wait for 1 s without a new scene.
+            deadline = time.monotonic() + 10
+            while time.monotonic() - self._scene_at < 1.0 and time.monotonic() < deadline:
+                time.sleep(0.05)
             yield
         finally:
-            for proc in self._processes:
-                proc.send_signal(signal.SIGCONT)
+            self._camera.send_signal(signal.SIGCONT)
 
 
 def node_answer(client, session: str, text: str, max_tokens: int) -> float:
@@ -442,7 +456,7 @@ def bench_model(name: str, args, env: dict) -> None:
     client.node.create_subscription(
         SceneContext, f"{namespace}/scene", lambda m: scene.__setitem__(0, m.description), 10
     )
-    watch = NodeWatch(client, [camera, fusion])
+    watch = NodeWatch(client, namespace, camera)
     try:
         wait_for_node(client, fusion, work / "fusion.log", timeout=300)
         system = load_personas(config_path("personas.yaml")).get("").render_system_prompt()

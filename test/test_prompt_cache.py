@@ -352,3 +352,44 @@ def test_a_waiting_request_aborts_a_background_decode_and_the_prefix_stays_valid
         assert answer == expected
     finally:
         backend.close()
+
+
+def test_a_preempted_background_generation_goes_on_where_it_stopped():
+    """A summary preempted by a request (in another session) is taken up again where it
+    stopped, with its state restored: the same greedy text as without the interruption."""
+    from smolfusion_ros.backends.llm.base import GenerationSettings, Interrupt
+
+    messages = [
+        {"role": "system", "content": "You write short stories."},
+        {"role": "user", "content": "Write a story about a lighthouse keeper and a cat."},
+    ]
+    # Greedy without a repeat penalty: the penalty's token history starts afresh in the
+    # resumed call, which may pick another (equally valid) word there.
+    greedy = GenerationSettings(
+        max_tokens=40, temperature=0.0, seed=0, repeat_penalty=1.0, preemptible=True
+    )
+    backend = RecordingBackend(MODEL, n_ctx=2048, n_threads=2, session_cache_bytes=64 << 20)
+    backend.load()
+    try:
+        backend.use_session("story")
+        expected = "".join(backend.stream_chat(messages, greedy, Interrupt()))
+        backend.use_session("other")  # a fresh context for the interrupted run
+        backend.use_session("story2")
+        interrupt, first = Interrupt(), []
+        for delta in backend.stream_chat(messages, greedy, interrupt):
+            first.append(delta)
+            if len(first) == 10:
+                interrupt.set()  # a request arrived: stops before the next token
+        assert len(first) == 10 and backend.resumes == 0
+        backend.use_session("other")  # the request's answer, in its own session
+        answer = GenerationSettings(max_tokens=8, temperature=0.0, seed=0)
+        hello = [{"role": "user", "content": "Hi"}]
+        assert "".join(backend.stream_chat(hello, answer, Interrupt()))
+        backend.use_session("story2")
+        again = "".join(backend.stream_chat(messages, greedy, Interrupt()))
+        assert backend.resumes == 1
+        assert backend.prompt_tokens_evaluated <= 1, "its state was restored, not re-evaluated"
+        assert again.startswith("".join(first).strip()[:20])
+        assert again.strip() == expected.strip()
+    finally:
+        backend.close()

@@ -66,7 +66,9 @@ PREFILL_REUSE_S = 10.0
 MAX_REMEMBERED_CONTEXTS = 4096
 # The summary folds at most this many blocks in one pass (its prompt must fit the context).
 MAX_FOLD_BLOCKS = 4
-SCRATCH_SESSION = ""  # back-end session for work outside any conversation (summaries)
+# Back-end session of the summaries: named (not ""), so that the back end keeps its state
+# when a request preempts a summary, which then goes on where it stopped.
+SCRATCH_SESSION = "\x00summaries"
 # Sessions whose prompts wait for a new summary's prefix at once (older ones switch at once).
 MAX_SUMMARY_SWITCHES = 256
 # (persona id, the person's words) -> (context text for the prompt, ids of the chunks in it);

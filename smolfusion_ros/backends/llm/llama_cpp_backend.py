@@ -84,6 +84,13 @@ def _flag_reader():
         return None
 
 
+@dataclass(frozen=True)
+class _Resume:
+    key: tuple  # (messages, max_tokens) of the generation
+    tokens: np.ndarray  # prompt + generated token ids, all evaluated
+    prompt_end: int  # where the generated ones start
+
+
 class _Preempted(Exception):
     """Raised inside llama-cpp-python's generate() to stop a prompt evaluation between chunks."""
 
@@ -143,6 +150,9 @@ class LlamaCppChatBackend:
         self._abortable = False
         self._abort_requested_at = 0.0
         self.aborts = 0  # background decodes stopped mid-way for a waiting request
+        self._prompt_end: int | None = None  # n_tokens once this generation's prompt is in
+        self._resume: _Resume | None = None  # the last preempted background generation
+        self.resumes = 0  # preempted background generations taken up where they stopped
         self.last_abort_delay_s = 0.0  # abort requested -> the decode returned
         # Per-call evaluation control, read by the patched Llama.eval (one worker thread).
         self._eval_chunk = n_batch
@@ -277,6 +287,8 @@ class LlamaCppChatBackend:
                 self.tokens_evaluated_total += len(part)
                 if self._counting_prompt:
                     self.prompt_tokens_evaluated += len(part)
+            if self._prompt_end is None:  # generate() evaluates the whole prompt in one call
+                self._prompt_end = llm.n_tokens
 
         llm.eval = eval_in_chunks
 
@@ -294,6 +306,14 @@ class LlamaCppChatBackend:
                 self._chunk_now = max(1, step // 2)
             elif seconds < 0.5 * self._decode_step_s and step < self._background_chunk:
                 self._chunk_now = min(self._background_chunk, step * 2)
+
+    def _keep_for_resume(self, key: tuple) -> None:
+        """Remember a preempted background generation's tokens (prompt and what it generated
+        so far, as evaluated into the KV cache) to go on from there next time."""
+        llm, prompt_end = self._llm, self._prompt_end
+        if llm is None or prompt_end is None or llm.n_tokens <= prompt_end:
+            return  # stopped before it generated anything: its prompt is in the cache anyway
+        self._resume = _Resume(key, llm.input_ids[: llm.n_tokens].copy(), prompt_end)
 
     def _aborted(self, now: float) -> None:
         """A background decode was aborted: keep the abort within one decode step by
@@ -425,9 +445,7 @@ class LlamaCppChatBackend:
         if settings.preemptible and self._abortable and hasattr(cancel, "hooked"):
             hooks.enter_context(cancel.hooked(self._abort_now))
             _log_state.aborting = True
-        stream = self._llm.create_chat_completion(
-            messages=list(messages),
-            max_tokens=settings.max_tokens,
+        sampling = dict(
             temperature=settings.temperature,
             top_p=settings.top_p,
             top_k=settings.top_k,
@@ -435,17 +453,47 @@ class LlamaCppChatBackend:
             stream=True,
             seed=seed,
         )
+        # A preempted background generation of the same messages goes on where it stopped
+        # (a summary on a slow model is longer than a person's pause: restarted from the
+        # beginning every time, it would never finish).
+        key = (tuple((m["role"], m["content"]) for m in messages), settings.max_tokens)
+        resume = self._resume
+        if resume is not None and resume.key == key and settings.preemptible:
+            self._resume = None
+            self.resumes += 1
+            self._prompt_end = resume.prompt_end
+            done = resume.tokens[resume.prompt_end :].tolist()
+            text = self._llm.detokenize(done).decode("utf-8", "ignore")
+            stream = self._llm.create_completion(
+                prompt=resume.tokens.tolist(),
+                max_tokens=max(1, settings.max_tokens - len(done)),
+                **sampling,
+            )
+        else:
+            self._prompt_end = None
+            text = ""
+            stream = self._llm.create_chat_completion(
+                messages=list(messages), max_tokens=settings.max_tokens, **sampling
+            )
+        preempted = False
         try:
+            if text:
+                yield text
             for chunk in stream:
                 self._counting_prompt = False
                 if cancel.is_set():
+                    preempted = True
                     break
-                delta = chunk["choices"][0]["delta"].get("content")
+                choice = chunk["choices"][0]
+                delta = choice["text"] if "text" in choice else choice["delta"].get("content")
                 if delta:
                     yield delta
         except _Preempted:
+            preempted = True
             return
         finally:
+            if preempted and settings.preemptible:
+                self._keep_for_resume(key)
             self._counting_prompt = False
             self._preemptible = False
             self._eval_cancel = None
