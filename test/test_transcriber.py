@@ -346,3 +346,34 @@ def test_slow_partials_give_way_with_a_sleeping_standin_recogniser():
         assert not transcriber.worker.busy and transcriber.worker.pending == 0
     finally:
         transcriber.close()
+
+
+def test_first_partial_of_a_turn_is_judged_by_the_last_final_with_a_standin(monkeypatch):
+    """Stand-in recogniser reporting a 4 s final (a loaded machine): with no recent preview to
+    judge by, the next turn's first partial is skipped (a quarter of 4 s is over the budget)."""
+    from smolfusion_ros.core import transcriber as module
+
+    monkeypatch.setattr(module, "PARTIAL_RETRY_S", 0.0)  # never a recent preview
+
+    class SlowFinalStandInRecogniser(BlockingStandInRecogniser):
+        def transcribe(self, audio, final):
+            self.calls += 1
+            return Transcript("words.", 0.9, "en", len(audio) / SAMPLE_RATE, 4.0 if final else 0.0)
+
+    config = VadConfig(engine="energy", end_silence_ms=300, partial_interval_s=0.5)
+    tone = (0.3 * 32767 * np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 220 / SAMPLE_RATE)).astype(
+        np.int16
+    )
+    out = Collector()
+    transcriber = Transcriber(
+        SlowFinalStandInRecogniser(), SpeechSegmenter(config, vad=EnergyVad()), out
+    )
+    try:
+        seq = feed(transcriber, silence(0.3), tone, silence(0.6))
+        assert wait_for(lambda: out.finals())
+        assert transcriber.stats()["partials_too_slow"] == 0  # nothing known yet: tried
+        feed(transcriber, tone, silence(0.6), seq0=seq)
+        assert wait_for(lambda: len(out.finals()) == 2)
+        assert transcriber.stats()["partials_too_slow"] >= 1, transcriber.stats()
+    finally:
+        transcriber.close()

@@ -17,8 +17,9 @@ Policy, in order of priority on the one worker:
   utterance that would be stale at once).
 * A partial (a preview while the person speaks) runs only on an idle worker: partials never
   queue, and a skipped one is counted. A running partial cannot be interrupted, so when the
-  last one took more than half of `partial_interval_s` (a slow or loaded machine), previews
-  pause for a few seconds (partials_too_slow) rather than delay the speculation at a pause.
+  last one took more than half of `partial_interval_s` (a slow or loaded machine; for the
+  first preview of a turn, judged by the last full transcription), previews are skipped
+  (partials_too_slow) rather than delay the speculation at the pause after them.
 
 Queues are bounded: at most `max_finals` finals wait (a full queue drops the oldest, counted as
 finals_dropped), at most one speculation and one partial.
@@ -58,8 +59,11 @@ STREAM_GAP_MIN_S = 1.5  # audio silent this long mid-utterance ends it (a file o
 # partial_interval_s makes the next ones skip for PARTIAL_RETRY_S (then one is tried again).
 # A running partial cannot be interrupted, and under a load of 12 on 2 cores partials took
 # 1-2 s and delayed every speculation at the pause after them (bench_speech: 4/4 turns).
+# Without a recent preview to judge by (the first of a turn), the last full transcription
+# (final or speculation) does: a preview on a short window costs about a fifth of one.
 PARTIAL_BUDGET = 0.5
 PARTIAL_RETRY_S = 5.0
+PARTIAL_SHARE = 0.25
 
 PARTIAL, SPECULATION, FINAL = "partial", "speculation", "final"
 
@@ -324,6 +328,7 @@ class Transcriber:
         self._last_chunk_at: float | None = None  # monotonic
         self._last_audio_end = 0.0  # wall (capture) time of the end of the last chunk
         self._partial_cost = 0.0  # seconds the last partial took on the worker
+        self._full_cost = 0.0  # seconds the last final or speculation took
         self._partial_offered_at = -PARTIAL_RETRY_S  # monotonic
         self.counts = _Counts()
         self.sequence = SequenceCheck()
@@ -461,7 +466,8 @@ class Transcriber:
     def _partials_too_slow(self) -> bool:
         budget = PARTIAL_BUDGET * self.segmenter.config.partial_interval_s
         recent = time.monotonic() - self._partial_offered_at < PARTIAL_RETRY_S
-        if self._partial_cost > budget and recent:
+        cost = self._partial_cost if recent else PARTIAL_SHARE * self._full_cost
+        if cost > budget:
             self.counts.partials_too_slow += 1
             return True
         return False
@@ -499,6 +505,11 @@ class Transcriber:
 
     def _on_result(self, job: Job, result: Transcript) -> None:
         """On the worker thread."""
+        with self._lock:  # how long transcriptions take now (_partials_too_slow)
+            if job.kind == PARTIAL:
+                self._partial_cost = result.compute_s
+            elif not job.reused:
+                self._full_cost = result.compute_s
         if job.kind != SPECULATION:
             self._deliver(job, result)
             return
@@ -538,7 +549,6 @@ class Transcriber:
                 if stale or not text or job.speculation != self._live_speculation:
                     return
             elif job.kind == PARTIAL:
-                self._partial_cost = job.finished - job.started
                 # Audio from before a mute or a disable, or a partial that changes nothing.
                 if stale or not text or self._last_partial_text.get(job.utterance) == text:
                     return
