@@ -167,7 +167,7 @@ def test_partials_then_one_final_utterance(ros_node, start_node, clips):
     harness.wait_connected(process)
     samples, rate = clips["sentence"]
     end_of_speech = harness.play(samples, rate)
-    assert wait_for(lambda: harness.finals(), 10), process.log
+    assert wait_for(lambda: harness.finals(), 60), process.log
     time.sleep(0.5)
     received = harness.received()
     finals = [m for _, m in received if m.is_final]
@@ -212,7 +212,7 @@ def test_muted_while_robot_speaks_and_disabled_by_service(ros_node, start_node, 
     samples, rate = clips["short"]
 
     harness.set_speaking(True)
-    assert harness.fresh_diagnostics()["state"] == "muted"
+    assert wait_for(lambda: harness.fresh_diagnostics()["state"] == "muted", 30)
     harness.play(samples, rate, after=1.2)
     time.sleep(1.0)
     assert harness.received() == []
@@ -220,15 +220,16 @@ def test_muted_while_robot_speaks_and_disabled_by_service(ros_node, start_node, 
     assert int(diag["muted_chunks"]) > 20, diag
 
     harness.set_speaking(False)  # the same audio is heard once the robot is quiet
+    assert wait_for(lambda: harness.fresh_diagnostics()["state"] == "listening", 30)
     harness.play(samples, rate, after=1.2)
-    assert wait_for(lambda: len(harness.finals()) == 1, 10), process.log
+    assert wait_for(lambda: len(harness.finals()) == 1, 60), process.log
     assert word_errors(words(SHORT), words(harness.finals()[0].text)) <= 1
 
     harness.set_enabled(False)
     assert harness.fresh_diagnostics()["state"] == "disabled"
     harness.play(samples, rate, after=1.2)
     time.sleep(1.0)
-    assert len(harness.received()) == 1
+    assert len([m for _, m in harness.received() if not m.speculative]) == 1
     diag = harness.fresh_diagnostics()
     assert int(diag["disabled_chunks"]) > 20 and diag["utterances"] == "1", diag
     harness.set_enabled(True)
@@ -271,7 +272,7 @@ def test_malformed_chunks_are_dropped_and_counted(ros_node, start_node, clips):
     for i in range(0, len(audio), step):
         harness.audio_pub.publish(harness.chunk(audio[i : i + step], 44100, channels=2))
         time.sleep(CHUNK_S / 2)  # faster than real time: the node keeps up
-    assert wait_for(lambda: len(harness.finals()) == 1, 10), process.log
+    assert wait_for(lambda: len(harness.finals()) == 1, 60), process.log
     assert word_errors(words(SHORT), words(harness.finals()[0].text)) <= 1
     assert process.alive()
 
@@ -345,7 +346,7 @@ def test_speculation_discarded_when_speech_resumes_then_reused(ros_node, start_n
         "Please bring me a glass of water", "from the kitchen.", 0.45, tmp_path
     )
     end_of_speech = harness.play(samples, rate, after=1.5)
-    assert wait_for(lambda: harness.finals(), 10), process.log
+    assert wait_for(lambda: harness.finals(), 60), process.log
     time.sleep(0.5)
     received = harness.received()
     finals = [(t, m) for t, m in received if m.is_final]
