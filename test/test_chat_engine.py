@@ -298,7 +298,7 @@ def test_older_turns_are_folded_into_a_summary_that_the_prompt_carries(tmp_path)
             "I work as a nurse.",
         ):
             ask(engine, question, "ana", max_tokens=16)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 150
         while not engine.sessions.summary("ana")[0] and time.monotonic() < deadline:
             time.sleep(0.05)
         summary, up_to = engine.sessions.summary("ana")
@@ -322,15 +322,15 @@ def test_a_request_preempts_a_running_summary(tmp_path):
     try:
         for question in ("Tell me about whales.", "And dolphins?", "And sharks?"):
             ask(engine, question, "sea", max_tokens=24)
-        assert engine.backend.summary_started.wait(30)
+        assert engine.backend.summary_started.wait(120)
         result = engine.submit(
             ChatRequest(text="Quick: say hi.", session_id="other", max_tokens=8)
-        ).wait(30)
+        ).wait(120)
         assert result.success
         # Not a time bound (the machine may be loaded): the summary, up to 1000 tokens, was
         # stopped for the request and not finished first.
         assert engine.stats.summaries_preempted == 1
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 200
         while not engine.sessions.summary("sea")[0] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert engine.sessions.summary("sea")[0], "the preempted summary is written later"
