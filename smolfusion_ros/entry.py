@@ -59,18 +59,19 @@ def install_hint(module: str) -> str:
     return INSTALL.get(top, f"install the Python package that provides '{top}'")
 
 
-def missing_module_message(program: str, exc: ImportError) -> str:
-    """One line for an ImportError: which module, and the command that installs it."""
+def import_failure(exc: ImportError) -> str:
+    """What an ImportError means, in one line: which module, and the command that installs it."""
     module = getattr(exc, "name", None) or ""
     if isinstance(exc, ModuleNotFoundError) and module:
-        return (
-            f"[smolfusion_ros] {program} cannot start: Python module '{module}' is missing; "
-            f"{install_hint(module)}"
-        )
+        return f"Python module '{module}' is missing; {install_hint(module)}"
     # A module that is there but fails to import (a binary built for another numpy, a
     # missing shared library): say which, on one line.
-    detail = " ".join(str(exc).split())
-    return f"[smolfusion_ros] {program} cannot start: import failed: {detail}"
+    return "import failed: " + " ".join(str(exc).split())
+
+
+def missing_module_message(program: str, exc: ImportError) -> str:
+    """One line for an ImportError at start-up."""
+    return f"[smolfusion_ros] {program} cannot start: {import_failure(exc)}"
 
 
 def run(module: str, program: str = "") -> None:

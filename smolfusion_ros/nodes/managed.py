@@ -44,6 +44,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 
+from smolfusion_ros.entry import import_failure
 from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec
 
 UNCONFIGURED = "unconfigured"
@@ -197,6 +198,11 @@ class ManagedNode(LifecycleNode):
             self.last_transition_error = str(exc)
             if not self._bringing_up:  # at autostart the runner prints the one line
                 self.get_logger().error(f"{what} failed: {exc}")
+            return False
+        except ImportError as exc:  # a package a back end needs: one line saying what to install
+            self.last_transition_error = import_failure(exc)
+            if not self._bringing_up:
+                self.get_logger().error(f"{what} failed: {self.last_transition_error}")
             return False
         except Exception as exc:  # rclpy would turn it into a silent ERROR transition
             self.last_transition_error = f"{type(exc).__name__}: {exc}"
