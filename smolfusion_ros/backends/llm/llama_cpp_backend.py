@@ -299,6 +299,8 @@ class LlamaCppChatBackend:
         if evaluated == 1 and not self._counting_prompt:
             previous = self._decode_step_s
             self._decode_step_s = seconds if not previous else 0.8 * previous + 0.2 * seconds
+        elif self._preemptible and self._abortable and evaluated == step:
+            self._chunk_now = min(self._n_batch, step * 2)  # completed: grow back (_aborted)
         elif (
             self._preemptible and not self._abortable and evaluated == step and self._decode_step_s
         ):
@@ -316,17 +318,14 @@ class LlamaCppChatBackend:
         self._resume = _Resume(key, llm.input_ids[: llm.n_tokens].copy(), prompt_end)
 
     def _aborted(self, now: float) -> None:
-        """A background decode was aborted: keep the abort within one decode step by
-        shrinking the chunk when it took longer (a graph node of a large chunk of a large
-        model can take that long), growing it back when it took less than half."""
+        """A background decode was aborted: its chunk's work is lost, so the next chunks are
+        halved (on a loaded machine a whole n_batch chunk took longer than a person's pause,
+        was aborted every time and the background never got anywhere); each chunk that
+        completes doubles it again (up to n_batch). Halving also keeps the abort itself
+        within about one decode step where a graph node of a large model takes that long."""
         self.aborts += 1
-        delay = max(0.0, now - self._abort_requested_at)
-        self.last_abort_delay_s = delay
-        step = self._decode_step_s
-        if step and delay > step and self._chunk_now > 1:
-            self._chunk_now = max(1, self._chunk_now // 2)
-        elif step and delay < 0.5 * step:
-            self._chunk_now = min(self._n_batch, self._chunk_now * 2)
+        self.last_abort_delay_s = max(0.0, now - self._abort_requested_at)
+        self._chunk_now = max(1, self._chunk_now // 2)
 
     @property
     def background_chunk(self) -> int:
