@@ -164,8 +164,10 @@ def _parameter_specs() -> list[ParamSpec]:
         ParamSpec(
             "llm.background_chunk",
             16,
-            "prompt tokens per evaluation step of background work (summaries, prefill); a "
-            "waiting request is delayed by at most one such step",
+            "with layers on a GPU: prompt tokens per evaluation step of background work "
+            "(summaries, prefill), a waiting request is delayed by at most one such step; on "
+            "the CPU background work runs in n_batch chunks and a waiting request aborts the "
+            "running decode",
             between(1, 8192),
         ),
         # A remote server (llm.backend: openai, the fleet_robot profile).
@@ -781,6 +783,10 @@ class FusionNode(ManagedNode):
             "last_tokens_per_s": f"{stats.last_tokens_per_s:.1f}",
             "summaries": stats.summaries,
             "summaries_preempted": stats.summaries_preempted,
+            # A new summary reaches the prompts once its prefix was evaluated in idle time;
+            # forced: the window would have slid first, so a question paid for part of it.
+            "summary_switches": str(stats.summary_switches),
+            "summary_switches_forced": str(stats.summary_switches_forced),
             # Prompt caching: tokens the last answer evaluated (the rest came from the KV
             # cache), speculative prefills, prefixes re-evaluated in idle time.
             "last_prompt_tokens": str(stats.last_prompt_tokens),
