@@ -47,6 +47,7 @@ _ROS_MODULES = (
     "diagnostic_msgs",
     "builtin_interfaces",
     "action_msgs",
+    "lifecycle_msgs",
 )
 
 

@@ -28,6 +28,7 @@ ROS_PACKAGES = {
     "sensor_msgs",
     "action_msgs",
     "diagnostic_msgs",
+    "lifecycle_msgs",  # ros2/rcl_interfaces, beside rcl_interfaces
     "rcl_interfaces",
     "rclpy",
     "ament_index_python",
@@ -58,6 +59,7 @@ MODULE_SOURCES = {
     "std_srvs": "std_srvs",
     "sensor_msgs": "sensor_msgs",
     "diagnostic_msgs": "diagnostic_msgs",
+    "lifecycle_msgs": "lifecycle_msgs",
     "builtin_interfaces": "builtin_interfaces",
     "ament_index_python": "ament_index_python",
     "launch": "launch",
