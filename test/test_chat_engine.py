@@ -179,6 +179,47 @@ def test_requests_while_loading_are_rejected_then_served():
         engine.stop()
 
 
+class CloseRecordingGatedBackend(GatedLoadBackend):
+    """The gated stand-in for a slow load, recording when close() runs and whether a load was
+    still in progress then (freeing a llama.cpp model under a running call crashes)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loading = False
+        self.closed_while_loading: bool | None = None
+
+    def load(self) -> None:
+        self.loading = True
+        try:
+            super().load()
+        finally:
+            self.loading = False
+
+    def close(self) -> None:
+        if self.closed_while_loading is None:
+            self.closed_while_loading = self.loading
+        super().close()
+
+
+def test_stop_during_a_slow_load_frees_the_model_only_after_the_load_returns():
+    backend = CloseRecordingGatedBackend(MODEL, n_ctx=512, n_threads=2)
+    engine = _engine(backend)
+    try:
+        deadline = time.monotonic() + 10
+        while not backend.loading and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert backend.loading
+        engine.stop(timeout=0.2)  # the load is held at the gate: stop cannot wait for it
+        assert backend.closed_while_loading is None, "closed under the running load"
+        backend.gate.set()
+        deadline = time.monotonic() + 60
+        while backend.closed_while_loading is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert backend.closed_while_loading is False, "never closed, or closed mid-load"
+    finally:
+        backend.gate.set()
+
+
 def test_a_model_that_fails_to_load_gives_a_clear_error(tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\x00" * 64)

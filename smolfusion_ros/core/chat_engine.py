@@ -205,6 +205,10 @@ class ChatEngine:
         self._evaluated: OrderedDict[tuple[str, float, str], str] = OrderedDict()
         self.stats = EngineStats()
         self._thread = threading.Thread(target=self._run, name="chat-engine", daemon=True)
+        # stop() frees the model only once this thread has left it (see _run).
+        self._exit_lock = threading.Lock()
+        self._worker_exited = False
+        self._close_on_exit = False
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -231,6 +235,14 @@ class ChatEngine:
             )
         self._thread.join(timeout)
         self._state = EngineState.STOPPED
+        with self._exit_lock:
+            if self._thread.ident is not None and not self._worker_exited:
+                # Still inside a model call that did not yield in time (a slow load, a long
+                # decode on a GPU): freeing the model under it would crash the process, so
+                # the worker frees it as it leaves.
+                self._close_on_exit = True
+                log.warning("the model is freed once its running call returns")
+                return
         self.backend.close()
 
     @property
@@ -436,6 +448,16 @@ class ChatEngine:
 
     # ------------------------------------------------------------------- worker
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            with self._exit_lock:
+                self._worker_exited = True
+                close = self._close_on_exit
+            if close:
+                self.backend.close()
+
+    def _serve(self) -> None:
         try:
             self.backend.load()
         except Exception as exc:
