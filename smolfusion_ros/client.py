@@ -71,6 +71,23 @@ def _wait_future(future, timeout: float, what: str):
     return future.result()
 
 
+def _call_until_answered(client, request, deadline: float, what: str):
+    """Call a service until one reply arrives or `deadline` (time.monotonic()) passes.
+
+    Each try is bounded to 2 s: rmw_fastrtps drops a reply sent before the server has matched
+    this client's reply reader (it waits 100 ms: "client will not receive response"), so on a
+    loaded machine right after discovery a first request could otherwise wait out the whole
+    timeout (seen in CI). Raises ClientError at the deadline.
+    """
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            return _wait_future(client.call_async(request), min(2.0, max(remaining, 0.1)), what)
+        except ClientError:
+            if time.monotonic() >= deadline:
+                raise
+
+
 def _full_name(node: Node, name: str) -> str:
     """`name` (relative to `node`'s namespace unless it starts with /) as a full name."""
     if name.startswith("/"):
@@ -148,27 +165,14 @@ class SmolFusionClient:
         self._confirm_replies_arrive(deadline)
 
     def _confirm_replies_arrive(self, deadline: float) -> None:
-        """Ask until one answer comes back.
-
-        The service is "available" once this client has matched the server, but the server
-        may not have matched this client's reply reader yet: rmw_fastrtps then waits 100 ms and
-        drops the reply ("client will not receive response"), and on a loaded machine a caller
-        whose first request was answered at once (busy, still loading) waited out its whole
-        timeout (seen in CI). An empty request is refused without touching the model, so it
-        is a free probe; once one reply has arrived, the path stays matched.
-        """
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                _wait_future(
-                    self._chat.call_async(Chat.Request(text="")),
-                    min(2.0, max(remaining, 0.1)),
-                    "chat",
-                )
-                return
-            except ClientError:
-                if time.monotonic() >= deadline:
-                    raise ClientError("chat service: no reply reaches this client") from None
+        """Ask until one answer comes back (see _call_until_answered): the service is
+        "available" once this client has matched the server, which may not have matched this
+        client yet. An empty request is refused without touching the model, so it is a free
+        probe; once one reply has arrived, the path stays matched."""
+        try:
+            _call_until_answered(self._chat, Chat.Request(text=""), deadline, "chat")
+        except ClientError:
+            raise ClientError("chat service: no reply reaches this client") from None
 
     def wait_until_ready(self, timeout: float = 60.0) -> None:
         """Wait until the fusion node is active and its model has loaded.
@@ -187,14 +191,9 @@ class SmolFusionClient:
             raise ClientError(f"{self._fusion_name}/get_state not available after {timeout} s")
         last = ""
         while True:
-            # Each call is bounded: a reply dropped before the server matched this client
-            # (rmw_fastrtps, as in _confirm_replies_arrive) costs one short wait, not the rest.
-            remaining = deadline - time.monotonic()
             try:
-                state = _wait_future(
-                    self._get_state.call_async(GetState.Request()),
-                    min(2.0, max(remaining, 0.1)),
-                    "get_state",
+                state = _call_until_answered(
+                    self._get_state, GetState.Request(), deadline, "get_state"
                 ).current_state.label
             except ClientError:
                 state = "no reply"
@@ -207,7 +206,7 @@ class SmolFusionClient:
             if (
                 state == "active"
                 and self._model_state == "ready"
-                and self._vision_state != ("loading")
+                and self._vision_state != "loading"
             ):
                 return
             if time.monotonic() >= deadline:
@@ -219,7 +218,8 @@ class SmolFusionClient:
         self._watch_model_state()
         if not self._get_state.wait_for_service(timeout_sec=timeout):
             raise ClientError(f"{self._fusion_name}/get_state not available after {timeout} s")
-        response = _wait_future(self._get_state.call_async(GetState.Request()), timeout, "state")
+        deadline = time.monotonic() + timeout
+        response = _call_until_answered(self._get_state, GetState.Request(), deadline, "state")
         return response.current_state.label
 
     def _watch_model_state(self) -> None:
