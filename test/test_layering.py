@@ -1,9 +1,9 @@
 """Which layer may import which, read from the source (ast), so a shortcut fails here.
 
 core/ and io/ are ROS-free; memory/ sits below core/ (core's session store uses it, never the
-other way round); smolfusion_ros.ids is a leaf both use. Message stamps in the node files
-converted so far come from the node clock (use_sim_time and bag replay must agree), never
-from the wall clock.
+other way round); smolfusion_ros.ids and smolfusion_ros.turns are leaves both use. Message
+stamps in the node files come from the node clock (use_sim_time and bag replay must agree),
+never from the wall clock.
 """
 
 from __future__ import annotations
@@ -17,13 +17,8 @@ import smolfusion_ros
 
 PACKAGE = Path(smolfusion_ros.__file__).parent
 
-# Still importing core/ from memory/, with what has to move first. Remove an entry when it is
-# fixed (the last test fails while a listed module no longer needs its entry).
-MEMORY_IMPORTS_CORE = {
-    # The adapter builds core.sessions.TurnRecord: TurnRecord must move to a leaf module
-    # (as session ids moved to smolfusion_ros.ids) before this can go.
-    "session_store.py",
-}
+# Leaf modules: core/ and memory/ both import them, so they import nothing from this package.
+LEAF_MODULES = ("ids.py", "turns.py")
 ROS_MODULES = ("rclpy", "rcl_interfaces", "std_msgs", "sensor_msgs", "diagnostic_msgs")
 CLOCK_STAMPED_NODES = ("tts_node.py", "camera_node.py", "microphone_node.py")
 
@@ -46,15 +41,22 @@ def modules_of(layer: str) -> list[Path]:
 @pytest.mark.parametrize("path", modules_of("memory"), ids=lambda p: p.name)
 def test_memory_does_not_import_core(path):
     core = {m for m in imported_modules(path) if m.startswith("smolfusion_ros.core")}
-    if path.name in MEMORY_IMPORTS_CORE:
-        assert core, f"{path.name} no longer imports core/: remove it from MEMORY_IMPORTS_CORE"
-    else:
-        assert not core, f"memory/{path.name} imports {sorted(core)}"
+    assert not core, f"memory/{path.name} imports {sorted(core)}"
 
 
-def test_ids_is_a_leaf():
-    own = {m for m in imported_modules(PACKAGE / "ids.py") if m.startswith("smolfusion_ros")}
+@pytest.mark.parametrize("name", LEAF_MODULES)
+def test_leaf_modules_import_nothing_of_the_package(name):
+    own = {m for m in imported_modules(PACKAGE / name) if m.startswith("smolfusion_ros")}
     assert not own, own
+
+
+def test_turn_record_is_one_class():
+    # core.sessions re-exports the leaf's class; a second definition would make isinstance
+    # checks and type hints disagree between the layers.
+    from smolfusion_ros.core.sessions import TurnRecord as from_core
+    from smolfusion_ros.turns import TurnRecord as from_leaf
+
+    assert from_core is from_leaf
 
 
 @pytest.mark.parametrize(

@@ -17,15 +17,9 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-
-@dataclass(frozen=True)
-class TurnRecord:
-    role: str  # "user" | "assistant"
-    text: str
-    source: str
-    stamp: float
-    latency_s: float = 0.0
-    turn_id: int = 0  # assigned by the store; increases within a session
+# TurnRecord lives in a leaf module so memory/ can build turns without importing core/;
+# re-exported here because core/ code and callers import it from this module.
+from smolfusion_ros.turns import TurnRecord
 
 
 class SessionStore(Protocol):

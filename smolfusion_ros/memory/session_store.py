@@ -5,8 +5,8 @@ The file may be shared with a memory_node in another process (WAL allows it).
 
 from __future__ import annotations
 
-from smolfusion_ros.core.sessions import TurnRecord
 from smolfusion_ros.memory.store import MemoryStore, StoredTurn
+from smolfusion_ros.turns import TurnRecord
 
 
 def _record(turn: StoredTurn) -> TurnRecord:
