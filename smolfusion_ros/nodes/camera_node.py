@@ -30,8 +30,7 @@ import threading
 import time
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import ParameterDescriptor
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
@@ -47,7 +46,11 @@ from smolfusion_ros.io.image_convert import (
     ros2_cv_bridge,
 )
 from smolfusion_ros.nodes.conversions import image_msg_to_rgb
-from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.diagnostics import (
+    DIAGNOSTICS_PERIOD_SPEC,
+    create_diagnostics,
+    diagnostic_array,
+)
 from smolfusion_ros.nodes.managed import AUTOSTART_SPEC, ManagedNode
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
@@ -60,9 +63,18 @@ from smolfusion_ros.nodes.parameters import (
 from smolfusion_ros.nodes.runner import run_node
 
 
-def _parameter_specs() -> list[ParamSpec]:
+def parameter_specs() -> list[ParamSpec]:
+    """Every parameter of camera_node (the profile test checks the YAML files against it)."""
     return [
         AUTOSTART_SPEC,
+        ParamSpec(
+            "source",
+            "",
+            "'' = subscribe image_raw; else a V4L2 device or index, a video file or an "
+            "image folder to capture with OpenCV",
+            # It may arrive as an integer (-p source:=0).
+            dynamic_typing=True,
+        ),
         ParamSpec("max_side", 512, "longest side of published frames in pixels", between(8, 8192)),
         ParamSpec("rate_hz", 2.0, "most frames published per second", between(0.01, 120.0)),
         ParamSpec(
@@ -79,7 +91,7 @@ def _parameter_specs() -> list[ParamSpec]:
         ),
         ParamSpec("loop", True, "restart a video file or image folder at its end"),
         ParamSpec("frame_id", "camera", "header.frame_id of captured frames"),
-        ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
+        DIAGNOSTICS_PERIOD_SPEC,
     ]
 
 
@@ -90,19 +102,7 @@ class CameraNode(ManagedNode):
 
     def __init__(self, node_name: str = "camera_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        specs = _parameter_specs()
-        declare_parameter_specs(self, specs)
-        period = read_parameters(self, [s for s in specs if s.name == "diagnostics_period_s"])
-        # `source` may arrive as an integer (-p source:=0), so it is dynamically typed.
-        self.declare_parameter(
-            "source",
-            "",
-            ParameterDescriptor(
-                description="'' = subscribe image_raw; else a V4L2 device or index, a video file "
-                "or an image folder to capture with OpenCV",
-                dynamic_typing=True,
-            ),
-        )
+        declare_parameter_specs(self, parameter_specs())
         self._bridge = ros2_cv_bridge()
         self._lock = threading.Lock()
         self._capture_lock = threading.Lock()  # a read never meets a release (cleanup)
@@ -114,12 +114,7 @@ class CameraNode(ManagedNode):
         self._reset_counts()
 
         self._frame_pub = self.create_publisher(Image, "~/frame", 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(
-            period["diagnostics_period_s"],
-            self._publish_diagnostics,
-            MutuallyExclusiveCallbackGroup(),
-        )
+        self._diag_pub = create_diagnostics(self, self._publish_diagnostics)
 
     def _reset_counts(self) -> None:
         with self._lock:
@@ -134,9 +129,8 @@ class CameraNode(ManagedNode):
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def configure(self) -> None:
-        p = read_parameters(self, _parameter_specs())
-        source = self.get_parameter("source").value
-        source = "" if source is None else str(source).strip()
+        p = read_parameters(self, parameter_specs())
+        source = "" if p["source"] is None else str(p["source"]).strip()
         self._max_side = p["max_side"]
         self._frame_id = p["frame_id"]
         self._gate = FrameGate(p["change_threshold"], p["rate_hz"], p["max_still_s"])

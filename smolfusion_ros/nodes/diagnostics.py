@@ -2,8 +2,47 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+from rclpy.publisher import Publisher
+
+from smolfusion_ros.nodes.parameters import (
+    STARTUP,
+    ParamSpec,
+    at_least,
+    declare_parameter_specs,
+)
+
+# Every node that publishes /diagnostics declares this one spec (same name, default, range):
+# read once, since it sizes the timer.
+DIAGNOSTICS_PERIOD_SPEC = ParamSpec(
+    "diagnostics_period_s",
+    1.0,
+    "period of /diagnostics messages",
+    at_least(0.1),
+    applies=STARTUP,
+)
+
+
+def create_diagnostics(
+    node: Node, publish: Callable[[], None], period_s: float | None = None
+) -> Publisher:
+    """The node's /diagnostics publisher and the timer that calls `publish` every
+    diagnostics_period_s (declared from DIAGNOSTICS_PERIOD_SPEC when the node has not yet).
+
+    The timer runs in every lifecycle state (a monitor sees an unconfigured node too), in a
+    callback group of its own so a slow service callback never delays it.
+    """
+    if period_s is None:
+        if not node.has_parameter(DIAGNOSTICS_PERIOD_SPEC.name):
+            declare_parameter_specs(node, [DIAGNOSTICS_PERIOD_SPEC])
+        period_s = node.get_parameter(DIAGNOSTICS_PERIOD_SPEC.name).value
+    publisher = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    node.create_timer(period_s, publish, callback_group=MutuallyExclusiveCallbackGroup())
+    return publisher
 
 
 def diagnostic_array(

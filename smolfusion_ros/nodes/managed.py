@@ -40,12 +40,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 
 from smolfusion_ros.entry import import_failure
-from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec
+from smolfusion_ros.nodes.parameters import STARTUP, ConfigError, ParamSpec, descriptor_for
 
 UNCONFIGURED = "unconfigured"
 INACTIVE = "inactive"
@@ -60,7 +59,7 @@ AUTOSTART_DESCRIPTION = (
 )
 # For a node's spec table (the profile test checks every YAML key against it); the base
 # declares it (read-only) before the node's own specs, and declare_parameter_specs skips it.
-AUTOSTART_SPEC = ParamSpec("autostart", True, AUTOSTART_DESCRIPTION)
+AUTOSTART_SPEC = ParamSpec("autostart", True, AUTOSTART_DESCRIPTION, applies=STARTUP)
 
 
 class ManagedNode(LifecycleNode):
@@ -69,9 +68,9 @@ class ManagedNode(LifecycleNode):
     def __init__(self, node_name: str, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self.autostart: bool = self.declare_parameter(
-            "autostart",
-            True,
-            ParameterDescriptor(description=AUTOSTART_DESCRIPTION, read_only=True),
+            AUTOSTART_SPEC.name,
+            AUTOSTART_SPEC.default,
+            descriptor_for(AUTOSTART_SPEC, managed=True),
         ).value
         self._state = UNCONFIGURED
         self._active = threading.Event()
