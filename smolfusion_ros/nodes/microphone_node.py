@@ -36,16 +36,18 @@ import threading
 import time
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 
 from smolfusion_ros.io.audio import LevelMeter, dbfs
 from smolfusion_ros.io.capture import CaptureError, DeviceCapture, load_wav
 from smolfusion_ros.msg import AudioChunk
-from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.diagnostics import (
+    DIAGNOSTICS_PERIOD_SPEC,
+    create_diagnostics,
+    diagnostic_array,
+)
 from smolfusion_ros.nodes.managed import AUTOSTART_SPEC, ManagedNode
 from smolfusion_ros.nodes.parameters import (
     ConfigError,
@@ -61,9 +63,17 @@ REOPEN_PERIOD_S = 2.0
 SUBSCRIBER_SETTLE_S = 0.3
 
 
-def _parameter_specs() -> list[ParamSpec]:
+def parameter_specs() -> list[ParamSpec]:
+    """Every parameter of microphone_node (the profile test checks the YAML files)."""
     return [
         AUTOSTART_SPEC,
+        ParamSpec(
+            "device",
+            "",
+            "'' = default input; else a device index or (part of) its name",
+            # It may arrive as an integer (-p device:=2).
+            dynamic_typing=True,
+        ),
         ParamSpec(
             "sample_rate", 16000, "sample rate of published audio (Hz)", between(8000, 192000)
         ),
@@ -82,7 +92,7 @@ def _parameter_specs() -> list[ParamSpec]:
             "seconds of audio kept for a reader that falls behind (publisher queue depth)",
             between(0.1, 60.0),
         ),
-        ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
+        DIAGNOSTICS_PERIOD_SPEC,
     ]
 
 
@@ -93,18 +103,7 @@ class MicrophoneNode(ManagedNode):
 
     def __init__(self, node_name: str = "microphone_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        specs = _parameter_specs()
-        declare_parameter_specs(self, specs)
-        period = read_parameters(self, [s for s in specs if s.name == "diagnostics_period_s"])
-        # `device` may arrive as an integer (-p device:=2), so it is dynamically typed.
-        self.declare_parameter(
-            "device",
-            "",
-            ParameterDescriptor(
-                description="'' = default input; else a device index or (part of) its name",
-                dynamic_typing=True,
-            ),
-        )
+        declare_parameter_specs(self, parameter_specs())
         self._rate = 16000
         self._chunk = 1600
         self._loop = False
@@ -120,12 +119,7 @@ class MicrophoneNode(ManagedNode):
         self._seq = 0  # counts on across deactivate/activate: a gap always means a loss
         self._clock_type = self.get_clock().clock_type
         self._reset_counts("unconfigured")
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(
-            period["diagnostics_period_s"],
-            self._publish_diagnostics,
-            MutuallyExclusiveCallbackGroup(),
-        )
+        self._diag_pub = create_diagnostics(self, self._publish_diagnostics)
 
     def _reset_counts(self, state: str) -> None:
         with self._lock:
@@ -142,9 +136,8 @@ class MicrophoneNode(ManagedNode):
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def configure(self) -> None:
-        p = read_parameters(self, _parameter_specs())
-        device = self.get_parameter("device").value
-        device = "" if device is None else str(device).strip()
+        p = read_parameters(self, parameter_specs())
+        device = "" if p["device"] is None else str(p["device"]).strip()
         self._rate = p["sample_rate"]
         self._chunk = max(1, round(self._rate * p["chunk_ms"] / 1000))
         self._loop = p["loop"]
