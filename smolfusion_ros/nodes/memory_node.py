@@ -6,9 +6,10 @@ Services:   ~/append_turn (AppendTurn; success = committed to disk; a retry with
             ~/export_session (ExportSession), ~/search_memory (SearchMemory)
 Publishes:  memory_events (MemoryEvent, after each append or clear; turns that other
             processes such as fusion_node write to the same file are announced too),
-            /diagnostics (1 Hz)
+            /diagnostics (every diagnostics_period_s, 1 s)
 Parameters: database_path (empty = $ROS_HOME/smolfusion_ros/memory.db), max_turn_chars,
-            default_history_turns, synchronous (FULL or NORMAL), watch_period_s
+            default_history_turns, synchronous (FULL or NORMAL), watch_period_s,
+            diagnostics_period_s
 
 Every call returns success=false with an error text on bad input; the node never dies on a
 request. A managed node (nodes/managed.py): the file is opened in configure and closed in
@@ -21,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 
 from smolfusion_ros import paths
@@ -30,9 +31,14 @@ from smolfusion_ros.memory.store import MemoryStore, MemoryStoreError, SessionIn
 from smolfusion_ros.msg import MemoryEvent, Turn
 from smolfusion_ros.msg import SessionInfo as SessionInfoMsg
 from smolfusion_ros.nodes.conversions import stamp_from_wall
-from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.diagnostics import (
+    DIAGNOSTICS_PERIOD_SPEC,
+    create_diagnostics,
+    diagnostic_array,
+)
 from smolfusion_ros.nodes.managed import AUTOSTART_SPEC, ManagedNode
 from smolfusion_ros.nodes.parameters import (
+    STARTUP,
     ConfigError,
     ParamSpec,
     between,
@@ -75,7 +81,8 @@ def session_to_msg(info: SessionInfo) -> SessionInfoMsg:
     )
 
 
-def _parameter_specs() -> list[ParamSpec]:
+def parameter_specs() -> list[ParamSpec]:
+    """Every parameter of memory_node (the profile test checks the YAML files against it)."""
     return [
         ParamSpec("database_path", "", "SQLite file (empty = $ROS_HOME/smolfusion_ros/memory.db)"),
         ParamSpec("max_turn_chars", 8000, "longest turn text accepted", between(1, 10_000_000)),
@@ -97,7 +104,9 @@ def _parameter_specs() -> list[ParamSpec]:
             "how often turns written by other processes (fusion_node) are announced "
             "on memory_events",
             between(0.01, 60.0),
+            applies=STARTUP,  # the timer's period
         ),
+        DIAGNOSTICS_PERIOD_SPEC,
         AUTOSTART_SPEC,
     ]
 
@@ -108,7 +117,7 @@ class MemoryNode(ManagedNode):
 
     def __init__(self, node_name: str = "memory_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        self._specs = _parameter_specs()
+        self._specs = parameter_specs()
         declare_parameter_specs(self, self._specs)
         initial = read_parameters(self, self._specs)
         self.store: MemoryStore | None = None
@@ -122,7 +131,7 @@ class MemoryNode(ManagedNode):
         self.create_timer(
             initial["watch_period_s"], self._announce_new_turns, MutuallyExclusiveCallbackGroup()
         )
-        self._diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag = create_diagnostics(self, self._publish_diagnostics)
         group = ReentrantCallbackGroup()
         for srv_type, name, handler in (
             (AppendTurn, "~/append_turn", self._append),
@@ -133,7 +142,6 @@ class MemoryNode(ManagedNode):
             (SearchMemory, "~/search_memory", self._search),
         ):
             self.create_service(srv_type, name, self._guarded(handler), callback_group=group)
-        self.create_timer(1.0, self._publish_diagnostics)
 
     def configure(self) -> None:
         p = read_parameters(self, self._specs)
