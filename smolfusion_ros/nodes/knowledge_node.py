@@ -6,10 +6,12 @@ Services:   ~/ingest (IngestKnowledge: txt/md/pdf bytes + file name), ~/list (Li
             ~/delete_persona (DeletePersona)
 Publishes:  knowledge_progress (KnowledgeProgress, after each embedding batch of an ingest),
             persona_events (std_msgs/String: the id of a persona created, replaced or deleted,
-            so fusion_node re-reads the store at once), /diagnostics (1 Hz)
+            so fusion_node re-reads the store at once), /diagnostics (every
+            diagnostics_period_s, 1 s)
 Parameters: database_path (knowledge, empty = $ROS_HOME/smolfusion_ros/knowledge.db),
             persona.database_path (empty = $ROS_HOME/smolfusion_ros/personas.db),
-            persona.file, persona.default, max_ingest_mb, max_pending, embed_threads
+            persona.file, persona.default, max_ingest_mb, max_pending, embed_threads, top_k,
+            preload, diagnostics_period_s; all read once at start (read-only)
 
 Embedding (the slow part of ingest and search) runs on the node's own worker threads; a
 service callback only waits for its job, and at most max_pending jobs wait at once (more are
@@ -23,7 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from std_msgs.msg import String
@@ -39,7 +41,11 @@ from smolfusion_ros.dialogue.knowledge import (
 )
 from smolfusion_ros.dialogue.persona_store import PersonaRecord, PersonaStore
 from smolfusion_ros.msg import KnowledgeProgress, PersonaInfo
-from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.diagnostics import (
+    DIAGNOSTICS_PERIOD_SPEC,
+    create_diagnostics,
+    diagnostic_array,
+)
 from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, between, declare_parameters
 from smolfusion_ros.nodes.qos import PERSONA_EVENTS_QOS
 from smolfusion_ros.nodes.runner import run_node
@@ -70,7 +76,8 @@ def persona_to_msg(record: PersonaRecord) -> PersonaInfo:
     return msg
 
 
-def _parameter_specs() -> list[ParamSpec]:
+def parameter_specs() -> list[ParamSpec]:
+    """Every parameter of knowledge_node (the profile test checks the YAML files)."""
     return [
         ParamSpec(
             "database_path", "", "knowledge SQLite (empty = $ROS_HOME/smolfusion_ros/knowledge.db)"
@@ -97,13 +104,14 @@ def _parameter_specs() -> list[ParamSpec]:
         ),
         ParamSpec("top_k", 3, "chunks returned by a search with top_k=0", between(1, 50)),
         ParamSpec("preload", True, "load the embedding model at start-up, not on first use"),
+        DIAGNOSTICS_PERIOD_SPEC,
     ]
 
 
 class KnowledgeNode(Node):
     def __init__(self, node_name: str = "knowledge_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(self, _parameter_specs())
+        p = declare_parameters(self, parameter_specs())
         personas_path = paths.config_path(p["persona.file"])
         try:
             base = load_personas(personas_path, p["persona.default"])
@@ -144,7 +152,7 @@ class KnowledgeNode(Node):
         # Latched (transient local): a persona event published before fusion_node has matched
         # this publisher (e.g. right after this node restarted) still reaches it.
         self._persona_events = self.create_publisher(String, "persona_events", PERSONA_EVENTS_QOS)
-        self._diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag = create_diagnostics(self, self._publish_diagnostics)
         group = ReentrantCallbackGroup()
         for srv_type, name, handler in (
             (IngestKnowledge, "~/ingest", self._ingest),
@@ -156,7 +164,6 @@ class KnowledgeNode(Node):
             (DeletePersona, "~/delete_persona", self._delete_persona),
         ):
             self.create_service(srv_type, name, self._guarded(handler), callback_group=group)
-        self.create_timer(1.0, self._publish_diagnostics)
         if p["preload"]:
             self._pool.submit(self._load)
         else:
