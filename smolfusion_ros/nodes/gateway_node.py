@@ -129,40 +129,39 @@ def _persona_dict(p: PersonaInfo) -> dict[str, Any]:
     }
 
 
+def parameter_specs() -> list[ParamSpec]:
+    """Every parameter of gateway_node, read once at start (the profile test checks the YAML
+    files against it)."""
+    return [
+        ParamSpec("host", "127.0.0.1", "address to listen on (0.0.0.0 = every one)"),
+        ParamSpec("port", 8000, "TCP port (0 = pick a free one and log it)", between(0, 65535)),
+        ParamSpec("max_upload_mb", 20.0, "largest upload (413 above)", between(0.001, 1024.0)),
+        ParamSpec("api_key", "", "bearer token required on API paths (empty = none)"),
+        ParamSpec(
+            "request_timeout_s",
+            120.0,
+            "longest wait for an answer when the request sets no timeout_s",
+            at_least(0.1),
+        ),
+        ParamSpec(
+            "service_timeout_s",
+            15.0,
+            "longest wait for memory/knowledge services",
+            at_least(0.1),
+        ),
+        ParamSpec(
+            "diagnostics_stale_s",
+            5.0,
+            "a node whose last /diagnostics is older counts as absent",
+            at_least(0.5),
+        ),
+    ]
+
+
 class GatewayNode(Node):
     def __init__(self, node_name: str = "gateway_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(
-            self,
-            [
-                ParamSpec("host", "127.0.0.1", "address to listen on (0.0.0.0 = every one)"),
-                ParamSpec(
-                    "port", 8000, "TCP port (0 = pick a free one and log it)", between(0, 65535)
-                ),
-                ParamSpec(
-                    "max_upload_mb", 20.0, "largest upload (413 above)", between(0.001, 1024.0)
-                ),
-                ParamSpec("api_key", "", "bearer token required on API paths (empty = none)"),
-                ParamSpec(
-                    "request_timeout_s",
-                    120.0,
-                    "longest wait for an answer when the request sets no timeout_s",
-                    at_least(0.1),
-                ),
-                ParamSpec(
-                    "service_timeout_s",
-                    15.0,
-                    "longest wait for memory/knowledge services",
-                    at_least(0.1),
-                ),
-                ParamSpec(
-                    "diagnostics_stale_s",
-                    5.0,
-                    "a node whose last /diagnostics is older counts as absent",
-                    at_least(0.5),
-                ),
-            ],
-        )
+        p = declare_parameters(self, parameter_specs())
         self.max_upload_bytes = int(p["max_upload_mb"] * 1e6)
         self.api_key = p["api_key"]
         self._request_timeout = p["request_timeout_s"]

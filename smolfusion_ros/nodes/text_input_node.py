@@ -18,18 +18,18 @@ from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, declare_para
 from smolfusion_ros.nodes.runner import run_node
 
 
+def parameter_specs() -> list[ParamSpec]:
+    """Every parameter of text_input_node, read once at start."""
+    return [
+        ParamSpec("session_id", "default", "session id attached to every utterance"),
+        ParamSpec("persona", "", "persona id attached to every utterance (empty = default)"),
+    ]
+
+
 class TextInputNode(Node):
     def __init__(self, node_name: str = "text_input_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        p = declare_parameters(
-            self,
-            [
-                ParamSpec("session_id", "default", "session id attached to every utterance"),
-                ParamSpec(
-                    "persona", "", "persona id attached to every utterance (empty = default)"
-                ),
-            ],
-        )
+        p = declare_parameters(self, parameter_specs())
         try:
             self._session_id = validate_session_id(p["session_id"])
         except RequestRejected as exc:
