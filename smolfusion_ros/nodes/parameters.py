@@ -10,6 +10,8 @@ When a value is read decides what `ros2 param set` may do (ParamSpec.applies):
 - CONFIGURE: read by a managed node's configure (models, devices, limits): can be set while
   the node is unconfigured (deactivate, cleanup, set, configure: nav2's pattern); a set in
   another state is refused with a reason instead of being stored and silently ignored.
+- ACTIVATE: read by a managed node's activate (speech_node's VAD settings): can be set
+  while the node is not active (deactivate, set, activate).
 - LIVE: applied at once through `watch_parameters` (vision interval, voice, volume).
 The default (None) is STARTUP in a plain node and CONFIGURE in a managed node.
 
@@ -45,8 +47,9 @@ Check = Callable[[Any], str | None]
 
 STARTUP = "startup"
 CONFIGURE = "configure"
+ACTIVATE = "activate"
 LIVE = "live"
-APPLIES = (STARTUP, CONFIGURE, LIVE)
+APPLIES = (STARTUP, CONFIGURE, ACTIVATE, LIVE)
 
 # The descriptor of an open upper bound: rcl ranges have no "unbounded", so the largest
 # finite value of the type (every value the check accepts stays inside it).
@@ -85,7 +88,7 @@ class ParamSpec:
     default: Any
     description: str
     check: Check | None = None
-    # STARTUP, CONFIGURE or LIVE; None = the node's kind decides (module docstring).
+    # STARTUP, CONFIGURE, ACTIVATE or LIVE; None = the node's kind decides (module docstring).
     applies: str | None = None
     # Accept any type (a device given as an index or a path); no type check.
     dynamic_typing: bool = False
@@ -113,7 +116,7 @@ def _is_managed(node: Node) -> bool:
 
 
 def applies(spec: ParamSpec, managed: bool) -> str:
-    """When the node reads this parameter (STARTUP, CONFIGURE or LIVE)."""
+    """When the node reads this parameter (STARTUP, CONFIGURE, ACTIVATE or LIVE)."""
     if spec.applies is not None:
         return spec.applies
     return CONFIGURE if managed else STARTUP
@@ -122,6 +125,7 @@ def applies(spec: ParamSpec, managed: bool) -> str:
 _WHEN_TEXT = {
     STARTUP: "read once at start-up (read-only)",
     CONFIGURE: "read at configure: set it while the node is unconfigured",
+    ACTIVATE: "read at activate: set it while the node is not active",
     LIVE: "ros2 param set takes effect at once",
 }
 
@@ -215,6 +219,13 @@ class _NodeParameters:
                     return _refused(
                         f"parameter {spec.name} is read at configure and the node is {state}: "
                         "deactivate and clean it up, set it, then configure again"
+                    )
+            elif when == ACTIVATE:
+                state = self.node.lifecycle_state
+                if state == "active":
+                    return _refused(
+                        f"parameter {spec.name} is read at activate and the node is active: "
+                        "deactivate it, set it, then activate again"
                     )
             elif when == LIVE:
                 live[spec.name] = value
