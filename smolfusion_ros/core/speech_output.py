@@ -148,6 +148,9 @@ class SpeechOutput:
         self._error = error or (lambda _line: None)
         self._backends: dict[str, TextToSpeech] = {}
         self._backends_lock = threading.Lock()
+        # Back ends replaced by set_backend_factory: the worker may still be using one, so
+        # they are closed with the others at close().
+        self._retired: list[TextToSpeech] = []
 
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
@@ -170,6 +173,19 @@ class SpeechOutput:
         is missing (the engine program, a voice)."""
         self._backend_for(voice or self.voice)
 
+    def set_voice(self, voice: str) -> None:
+        """The default voice from the next sentence on (`ros2 param set tts_node voice`);
+        raises TTSBackendError, keeping the old voice, when this one cannot speak."""
+        self.check_voice(voice)
+        self.voice = voice
+
+    def set_backend_factory(self, make_backend: Callable[[str], TextToSpeech]) -> None:
+        """Back ends made by `make_backend` from the next sentence on (a new volume)."""
+        with self._backends_lock:
+            self._make_backend = make_backend
+            self._retired.extend(self._backends.values())
+            self._backends = {}
+
     def start(self) -> None:
         with self._lock:
             if self._worker is not None:
@@ -188,7 +204,8 @@ class SpeechOutput:
         if worker is not None:
             worker.join(5)
         with self._backends_lock:
-            backends, self._backends = list(self._backends.values()), {}
+            backends = list(self._backends.values()) + self._retired
+            self._backends, self._retired = {}, []
         for backend in backends:
             backend.close()
 

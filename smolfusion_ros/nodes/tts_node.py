@@ -7,7 +7,8 @@ Subscribes:  response_stream (smolfusion_ros/ResponseChunk): text is gathered pe
 Publishes:   robot_speaking (std_msgs/Bool, reliable + transient_local, depth 1: True when
              speech starts, False when the queue is empty and playback has ended),
              audio_out (smolfusion_ros/AudioChunk, mono int16: each utterance as synthesised),
-             /diagnostics (1 Hz: utterances, queue, errors, synthesis speed)
+             /diagnostics (every diagnostics_period_s: utterances, queue, errors, synthesis
+             speed)
 Services:    say (smolfusion_ros/Say): speak a text (after what is queued, or at once when
              say_interrupts); the response comes when the text has been spoken, with its
              duration (success=false with the error when it could not be: empty text, unknown
@@ -24,6 +25,8 @@ Parameters:  backend ("espeak"), voice ("en-us"), rate_wpm (170), volume (1.0 = 
              (["llm", "rule", "greeting"]), say_interrupts (false), max_sentence_chars (200),
              max_queued (64 sentences; when full the oldest queued sentence is dropped and
              counted as dropped_queue_full on /diagnostics), diagnostics_period_s (1.0)
+             voice and volume take `ros2 param set` at once (from the next sentence; an
+             unknown voice is refused with the reason); the others are read at configure.
 
 The engine (sentence splitting, the bounded queue, synthesis and playback on one worker
 thread) is core/speech_output.py; the outputs are io/audio_output.py. This node translates
@@ -42,7 +45,7 @@ from __future__ import annotations
 import array
 import threading
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
@@ -54,15 +57,21 @@ from smolfusion_ros.backends.tts.base import Speech, TTSBackendError
 from smolfusion_ros.core.speech_output import MAX_QUEUED, SpeechJob, SpeechOutput
 from smolfusion_ros.io.audio_output import PlaybackError, open_output
 from smolfusion_ros.msg import AudioChunk, ResponseChunk
-from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.diagnostics import (
+    DIAGNOSTICS_PERIOD_SPEC,
+    create_diagnostics,
+    diagnostic_array,
+)
 from smolfusion_ros.nodes.managed import AUTOSTART_SPEC, ManagedNode
 from smolfusion_ros.nodes.parameters import (
+    LIVE,
     ConfigError,
     ParamSpec,
-    at_least,
     between,
     declare_parameter_specs,
+    one_of,
     read_parameters,
+    watch_parameters,
 )
 from smolfusion_ros.nodes.runner import run_node
 from smolfusion_ros.srv import Say
@@ -74,13 +83,20 @@ SPEAKING_QOS = QoSProfile(
 SAY_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 
 
-def _parameter_specs() -> list[ParamSpec]:
+def parameter_specs() -> list[ParamSpec]:
+    """Every parameter of tts_node (the profile test checks the YAML files against it)."""
     return [
         AUTOSTART_SPEC,
-        ParamSpec("backend", "espeak", "TTS back end name"),
-        ParamSpec("voice", "en-us", "voice of the back end (espeak-ng --voices)"),
+        ParamSpec("backend", "espeak", "TTS back end name", one_of(*tts_backend_names())),
+        ParamSpec("voice", "en-us", "voice of the back end (espeak-ng --voices)", applies=LIVE),
         ParamSpec("rate_wpm", 170, "speaking rate in words per minute", between(40, 600)),
-        ParamSpec("volume", 1.0, "loudness, 1.0 = the engine's normal level", between(0.0, 2.0)),
+        ParamSpec(
+            "volume",
+            1.0,
+            "loudness, 1.0 = the engine's normal level",
+            between(0.0, 2.0),
+            applies=LIVE,
+        ),
         ParamSpec("output", "device", "'device' (sound card), 'none' or a directory for WAVs"),
         ParamSpec("pace_output", False, "with 'none' or a directory, wait as long as the audio"),
         ParamSpec(
@@ -96,7 +112,7 @@ def _parameter_specs() -> list[ParamSpec]:
             "sentences waiting to be spoken; when full the oldest is dropped",
             between(1, 10000),
         ),
-        ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
+        DIAGNOSTICS_PERIOD_SPEC,
     ]
 
 
@@ -107,9 +123,9 @@ class TTSNode(ManagedNode):
 
     def __init__(self, node_name: str = "tts_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        specs = _parameter_specs()
-        declare_parameter_specs(self, specs)
-        period = read_parameters(self, [s for s in specs if s.name == "diagnostics_period_s"])
+        declare_parameter_specs(self, parameter_specs())
+        watch_parameters(self, self._apply_live)
+        self._tts_options: dict = {}
         self._speak_sources: set[str] = set()
         self._say_interrupts = False
         self._backend_name = ""
@@ -119,7 +135,7 @@ class TTSNode(ManagedNode):
 
         self._speaking_pub = self.create_publisher(Bool, "robot_speaking", SPEAKING_QOS)
         self._audio_pub = self.create_publisher(AudioChunk, "audio_out", 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_pub = create_diagnostics(self, self._publish_diagnostics)
         self._speaking_pub.publish(Bool(data=False))
         self.create_subscription(
             ResponseChunk,
@@ -133,16 +149,11 @@ class TTSNode(ManagedNode):
         # queue must hold a burst too: the default depth (10) silently loses the rest.
         self.create_service(Say, "say", self._on_say, qos_profile=SAY_QOS, callback_group=services)
         self.create_service(Trigger, "~/stop", self._on_stop, callback_group=services)
-        self.create_timer(
-            period["diagnostics_period_s"],
-            self._publish_diagnostics,
-            MutuallyExclusiveCallbackGroup(),
-        )
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def configure(self) -> None:
-        p = read_parameters(self, _parameter_specs())
+        p = read_parameters(self, parameter_specs())
         self._speak_sources = set(p["speak_sources"])
         self._say_interrupts = p["say_interrupts"]
         self._speech = self._create_engine(p)
@@ -164,10 +175,7 @@ class TTSNode(ManagedNode):
     def _create_engine(self, p: dict) -> SpeechOutput:
         """The speech engine for these parameters; ConfigError on a missing engine, a bad
         voice or an output that cannot be opened."""
-        backend = p["backend"]
-        if backend not in tts_backend_names():
-            known = ", ".join(tts_backend_names())
-            raise ConfigError(f"parameter backend={backend!r}: known back ends: {known}")
+        backend = p["backend"]  # a registry name: its spec checked it
         options = {"rate_wpm": p["rate_wpm"], "volume": p["volume"]}
         try:
             output = open_output(p["output"], p["pace_output"])
@@ -183,8 +191,9 @@ class TTSNode(ManagedNode):
                 "purpose; restart after connecting a speaker)"
             )
         logger = self.get_logger()
+        self._tts_options = {"backend": backend, **options}
         speech = SpeechOutput(
-            lambda voice: create_tts_backend(backend, voice=voice, **options),
+            self._backend_factory(),
             output,
             p["voice"],
             max_sentence_chars=p["max_sentence_chars"],
@@ -201,6 +210,29 @@ class TTSNode(ManagedNode):
             raise ConfigError(str(exc)) from None
         self._backend_name = backend
         return speech
+
+    def _backend_factory(self):
+        options = dict(self._tts_options)
+        backend = options.pop("backend")
+        return lambda voice: create_tts_backend(backend, voice=voice, **options)
+
+    def _apply_live(self, changes: dict) -> None:
+        """`ros2 param set` of voice or volume: the engine uses it from the next sentence.
+        Unconfigured, the next configure reads it. An unknown voice raises (the set is
+        refused with the reason) and changes nothing. Runs on an executor thread: checking a
+        voice speaks one word with espeak-ng (tens of milliseconds)."""
+        with self._transition_lock:  # not while configure/cleanup swaps the engine
+            speech = self._speech
+            if speech is None:
+                return
+            if "voice" in changes:
+                try:
+                    speech.set_voice(changes["voice"])
+                except TTSBackendError as exc:
+                    raise ValueError(f"voice {changes['voice']!r}: {exc}") from None
+            if "volume" in changes:
+                self._tts_options["volume"] = changes["volume"]
+                speech.set_backend_factory(self._backend_factory())
 
     # ---- input -------------------------------------------------------------------------------
 
