@@ -150,7 +150,7 @@ def test_a_full_queue_drops_the_oldest_and_counts_it(engine, tmp_path):
     assert first.done.is_set() and not first.success
     assert "queue is full" in first.error
     stats = speech.stats()
-    assert stats.queued == 2 and stats.dropped_queue_full == 2
+    assert stats.queued == 2 and stats.dropped_queue_full == 2 and stats.accepted == 4
     speech.start()
     assert wait_for(lambda: speech.stats().files == 2, 30)
     files = wav_files(tmp_path / "wav")
@@ -184,6 +184,23 @@ def test_stop_mutes_the_rest_of_a_streamed_answer(engine, tmp_path):
     speech.start()
     assert wait_for(lambda: speech.stats().files == 1, 30)
     assert [f.name for f in wav_files(tmp_path / "wav")] == ["00001_req-b.wav"]
+
+
+def test_speaking_holds_between_sentences_and_close_does_not_wait_for_the_hold(engine, monkeypatch):
+    """A pause shorter than the hold is no end of speech; the hold (10 s here, 0.25 s in use,
+    so that the gap between the two says never decides the outcome) does not delay close."""
+    from smolfusion_ros.core import speech_output
+
+    monkeypatch.setattr(speech_output, "SPEAKING_HOLD_S", 10.0)
+    speech, recorder = engine()
+    speech.start()
+    first = speech.say("One.")
+    assert first.done.wait(30) and first.success, first.error
+    second = speech.say("Two.")  # queued after the first was spoken, within the hold
+    assert second.done.wait(30) and second.success, second.error
+    assert recorder.speaking == [True], "still speaking during the hold"
+    speech.close()  # joins the worker for up to 5 s: it is woken, not left in the hold
+    assert not speech._worker.running
 
 
 def test_close_finishes_queued_jobs_and_later_says(engine):

@@ -6,10 +6,10 @@ one after another on one worker thread.
 (io/audio_output.py). Callers are never blocked: `feed` and `say` only queue; the result of a
 `say` comes back through its `SpeechJob` (an event and an optional callback).
 
-The queue is bounded (`max_queued` sentences). When it is full the *oldest* queued sentence is
-dropped and counted (`dropped_queue_full`): a robot that is that far behind should catch up
-with what was said last, not with what was said minutes ago; a dropped `say` job finishes
-with success=False and an error saying why.
+The queue is bounded (`max_queued` sentences, core.worker's BoundedQueue). When it is full the
+*oldest* queued sentence is dropped and counted (`dropped_queue_full`): a robot that is that far
+behind should catch up with what was said last, not with what was said minutes ago; a dropped
+`say` job finishes with success=False and an error saying why. The thread: core.worker.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from smolfusion_ros.backends.tts.base import Speech, TextToSpeech, TTSBackendError
+from smolfusion_ros.core.worker import BoundedQueue, FullPolicy, WorkerThread
 from smolfusion_ros.io.audio_output import AudioOutput, PlaybackError
 
 SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*\s+")
@@ -104,6 +105,7 @@ class SpeechOutputStats:
     utterances: int = 0
     errors: int = 0
     stopped: int = 0
+    accepted: int = 0  # sentences (and says) queued since the start
     dropped_queue_full: int = 0
     playback_failures: int = 0
     files: int = 0
@@ -135,8 +137,6 @@ class SpeechOutput:
         warn: Callable[[str], None] | None = None,
         error: Callable[[str], None] | None = None,
     ) -> None:
-        if max_queued < 1:
-            raise ValueError(f"max_queued must be >= 1, got {max_queued}")
         self._make_backend = make_backend
         self.output = output
         self.voice = voice
@@ -153,18 +153,25 @@ class SpeechOutput:
         self._retired: list[TextToSpeech] = []
 
         self._lock = threading.Lock()
-        self._cv = threading.Condition(self._lock)
-        self._jobs: deque[SpeechJob] = deque()
+        # A ValueError for max_queued < 1.
+        self._jobs = BoundedQueue[SpeechJob]("sentences", max_queued, FullPolicy.DROP_OLDEST)
         self._generation = 0
         self._splitters: OrderedDict[str, SentenceSplitter] = OrderedDict()
         self._muted: deque[str] = deque(maxlen=64)  # stopped answers whose chunks still come
-        self._closing = False
         self._speaking = False
+        self._quiet_at: float | None = None  # monotonic: "speaking" ends then (_take)
         self._stats = SpeechOutputStats()
         self._playback_reported = False
         self._audio_s = 0.0
         self._synth_s = 0.0
-        self._worker: threading.Thread | None = None
+        self._worker = WorkerThread[SpeechJob](
+            "tts-worker",
+            take=self._take,
+            process=self._speak,
+            wait_s=self._wait_s,
+            on_error=self._job_failed,
+            cond=threading.Condition(self._lock),
+        )
 
     # ---- life ----------------------------------------------------------------------------
 
@@ -187,22 +194,15 @@ class SpeechOutput:
             self._backends = {}
 
     def start(self) -> None:
-        with self._lock:
-            if self._worker is not None:
-                return
-            self._closing = False
-            self._worker = threading.Thread(target=self._work, name="tts-worker", daemon=True)
-            self._worker.start()
+        self._worker.start()
 
     def close(self, reason: str = "shutting down") -> None:
-        """Drop the queue (jobs finish with `reason`), stop the worker, close the back ends."""
+        """Stop the worker (the sentence being spoken stops, later says are refused), drop
+        the queue (jobs finish with `reason`), close the back ends once the worker left them."""
+        self._worker.stop(5.0, then=self._close_backends)
         self.stop(reason)
-        with self._lock:
-            self._closing = True
-            worker, self._worker = self._worker, None
-            self._cv.notify_all()
-        if worker is not None:
-            worker.join(5)
+
+    def _close_backends(self) -> None:
         with self._backends_lock:
             backends = list(self._backends.values()) + self._retired
             self._backends, self._retired = {}, []
@@ -248,7 +248,7 @@ class SpeechOutput:
         if interrupt:
             self.stop("interrupted by say")
         with self._lock:
-            dropped = job if self._closing else self._enqueue_locked(job)
+            dropped = job if self._worker.stopping else self._enqueue_locked(job)
         if dropped is job:
             job.finish(False, "shutting down")
         else:
@@ -260,12 +260,10 @@ class SpeechOutput:
         queued sentences were dropped."""
         with self._lock:
             self._generation += 1
-            dropped = list(self._jobs)
-            self._jobs.clear()
+            dropped = self._jobs.drain()
             self._muted.extend(self._splitters)
             self._splitters.clear()
             self._stats.stopped += len(dropped)
-            self._cv.notify_all()
         for job in dropped:
             job.finish(False, reason)
         return len(dropped)
@@ -273,12 +271,8 @@ class SpeechOutput:
     def _enqueue_locked(self, job: SpeechJob) -> SpeechJob | None:
         """Queue a job; returns the job dropped to make room, if any."""
         job.generation = self._generation
-        self._jobs.append(job)
-        dropped = None
-        if len(self._jobs) > self.max_queued:
-            dropped = self._jobs.popleft()
-            self._stats.dropped_queue_full += 1
-        self._cv.notify()
+        dropped = self._jobs.put(job)
+        self._worker.cond.notify()
         return dropped
 
     def _finish_dropped(self, dropped: list[SpeechJob | None]) -> None:
@@ -289,7 +283,7 @@ class SpeechOutput:
     # ---- worker --------------------------------------------------------------------------
 
     def _cancelled(self, job: SpeechJob) -> bool:
-        return job.generation != self._generation or self._closing
+        return job.generation != self._generation or self._worker.stopping
 
     def _set_speaking(self, speaking: bool) -> None:
         """Called with the lock held; the callback publishes."""
@@ -297,22 +291,24 @@ class SpeechOutput:
             self._speaking = speaking
             self._on_speaking(speaking)
 
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                if not self._jobs and self._speaking:
-                    self._cv.wait(SPEAKING_HOLD_S)
-                while not self._jobs and not self._closing:
-                    self._set_speaking(False)
-                    self._cv.wait(0.5)
-                if self._closing:
-                    return
-                job = self._jobs.popleft()
-            try:
-                self._speak(job)
-            except Exception as exc:  # never let one sentence stop the worker
-                self._record_error(f"{type(exc).__name__}: {exc}")
-                job.finish(False, str(exc))
+    def _take(self) -> SpeechJob | None:
+        """With the lock held: the next sentence. With none, "speaking" ends SPEAKING_HOLD_S
+        later (a pause between sentences of an answer still streaming is no end of speech)."""
+        job, now = self._jobs.pop(), time.monotonic()
+        if job is not None or not self._speaking:
+            self._quiet_at = None
+        elif self._quiet_at is None:
+            self._quiet_at = now + SPEAKING_HOLD_S
+        elif now >= self._quiet_at:
+            self._set_speaking(False)
+        return job
+
+    def _wait_s(self) -> float | None:
+        return None if self._quiet_at is None else max(0.0, self._quiet_at - time.monotonic())
+
+    def _job_failed(self, job: SpeechJob, exc: Exception) -> None:
+        self._record_error(f"{type(exc).__name__}: {exc}")
+        job.finish(False, str(exc))
 
     def _backend_for(self, voice: str) -> TextToSpeech:
         with self._backends_lock:
@@ -394,6 +390,8 @@ class SpeechOutput:
         with self._lock:
             stats = SpeechOutputStats(**vars(self._stats))
             stats.queued = len(self._jobs)
+            stats.accepted = self._jobs.counts.accepted
+            stats.dropped_queue_full = self._jobs.counts.dropped
             stats.speaking = self._speaking
             stats.audio_s_per_synthesis_s = (
                 self._audio_s / self._synth_s if self._synth_s > 0 else 0.0

@@ -311,6 +311,7 @@ class TTSNode(ManagedNode):
             "utterances": stats.utterances,
             "errors": stats.errors,
             "stopped": stats.stopped,
+            "accepted": stats.accepted,
             "dropped_queue_full": stats.dropped_queue_full,
             "files": stats.files,
             "playback_failures": stats.playback_failures,
