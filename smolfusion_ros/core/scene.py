@@ -16,7 +16,6 @@ either case; `ask_async` lets the chat engine serve other turns while the vision
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,13 @@ import numpy as np
 
 from smolfusion_ros.backends.vlm.base import VisionBackend, VisionResult
 from smolfusion_ros.core.people import PersonTracker, PersonUpdate
+from smolfusion_ros.core.worker import (
+    BoundedQueue,
+    FullPolicy,
+    QueueCounts,
+    QueueFull,
+    WorkerThread,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,7 @@ class VisionUnavailable(Exception):
 @dataclass(frozen=True)
 class Frame:
     image: np.ndarray  # HxWx3 uint8 RGB
-    stamp: float  # capture time (wall clock seconds)
+    stamp: float  # capture time (seconds on the node clock: the frame's header stamp)
     seq: int
 
 
@@ -50,7 +56,8 @@ class LatestFrame:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.arrived = threading.Event()  # set on every put(); the vision worker waits on it
+        # Called after every put() (the vision worker's wake), outside the lock.
+        self.on_arrival: Callable[[], None] = lambda: None
         self._frame: Frame | None = None
         self._seq = 0
         self._used_seq = 0
@@ -63,7 +70,7 @@ class LatestFrame:
             self._seq += 1
             self._frame = Frame(image, stamp, self._seq)
             seq = self._seq
-        self.arrived.set()
+        self.on_arrival()
         return seq
 
     def latest(self) -> Frame | None:
@@ -84,7 +91,7 @@ class LatestFrame:
 class Scene:
     result: VisionResult
     frame: Frame
-    produced_at: float  # wall clock
+    produced_at: float  # the worker's `now` clock
     person: PersonUpdate
 
 
@@ -105,9 +112,6 @@ class VisualQuestion:
     @property
     def withdrawn(self) -> bool:
         return self.cancel.is_set()
-
-
-_Question = VisualQuestion
 
 
 @dataclass
@@ -135,6 +139,7 @@ class VisionWorker:
         person_tracker: PersonTracker | None = None,
         max_pending_questions: int = 4,
         concurrency: str = "yield",
+        now: Callable[[], float] = time.time,
     ) -> None:
         if concurrency not in CONCURRENCY_POLICIES:
             raise ValueError(
@@ -147,37 +152,54 @@ class VisionWorker:
         self._scene_prompt = scene_prompt
         self._max_tokens = max_tokens
         self._max_scene_age_s = max_scene_age_s
+        # The clock frame stamps are on (the node clock: sim time under use_sim_time), so
+        # freshness and question stamps agree with the frames' header stamps.
+        self._now = now
         # "concurrent": the scene loop does not wait for the LLM.
         self._llm_busy = llm_busy if concurrency == "yield" else (lambda: False)
         self._on_scene = on_scene
         self._people = person_tracker or PersonTracker()
-        self._questions: queue.Queue[_Question] = queue.Queue(maxsize=max_pending_questions)
+        # Set when a question arrives, the LLM needs the machine ("yield") or on stop: a
+        # running scene description stops early (the worker's preempt event).
         self._background_cancel = threading.Event()
-        self._in_background = False
-        self._stop = threading.Event()
+        self._worker: WorkerThread[VisualQuestion | Frame] = WorkerThread(
+            "vision",
+            take=self._take,
+            process=self._process,
+            wait_s=self._wait_s,
+            setup=self._load,
+            preempt=self._background_cancel,
+        )
+        # Guarded by the worker's cond, like the scene loop's position below.
+        self._questions: BoundedQueue[VisualQuestion] = BoundedQueue(
+            "visual questions", max_pending_questions, FullPolicy.REJECT
+        )
+        self._described_seq = 0
+        self._next_scene_at = 0.0
+        frames.on_arrival = self._worker.wake  # no polling while the camera is quiet
         self._ready = threading.Event()
         self.load_error = ""
         self._scene: Scene | None = None
         self.stats = VisionStats()
-        self._thread = threading.Thread(target=self._run, name="vision", daemon=True)
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        self._thread.start()
+        self._worker.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._background_cancel.set()
-        self.frames.arrived.set()
-        self._thread.join(timeout)
-        while True:
-            try:
-                question = self._questions.get_nowait()
-            except queue.Empty:
-                break
-            question.error = "the node is shutting down"
+    def stop(self, timeout: float = 5.0, reason: str = "the node is shutting down") -> None:
+        """Stop the thread, fail the queued questions with `reason`, free the back end once
+        no describe() runs any more (a slow one may outlast `timeout`)."""
+        self._worker.stop(timeout, then=self.backend.close)
+        with self._worker.cond:
+            queued = self._questions.drain()
+        for question in queued:
+            question.error = reason
             question.done.set()
-        self.backend.close()
+
+    @property
+    def question_counts(self) -> QueueCounts:
+        """Visual questions accepted and rejected (queue full), for /diagnostics."""
+        return self._questions.counts
 
     @property
     def ready(self) -> bool:
@@ -191,15 +213,30 @@ class VisionWorker:
     def scene_text(self) -> str:
         """The newest scene description if it is fresh enough to tell the LLM, else ""."""
         scene = self._scene
-        if scene is None or time.time() - scene.frame.stamp > self._max_scene_age_s:
+        if scene is None or self._now() - scene.frame.stamp > self._max_scene_age_s:
             return ""
         return scene.result.text
 
     def yield_to_llm(self) -> None:
         """Cancel a running background description: an answer is about to be generated.
         (Policy "yield" only; with "concurrent" the description goes on beside the LLM.)"""
-        if self._in_background and self.concurrency == "yield":
-            self._background_cancel.set()
+        with self._worker.cond:  # `current` and the cancel change together (see _take)
+            if isinstance(self._worker.current, Frame) and self.concurrency == "yield":
+                self._background_cancel.set()
+
+    @property
+    def interval_s(self) -> float:
+        return self._interval_s
+
+    def set_interval(self, interval_s: float) -> None:
+        """The scene loop's period from now on (`ros2 param set vision.interval_s`): the next
+        scene is due `interval_s` after the last one, so a shorter period applies at once."""
+        if not interval_s > 0.0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        with self._worker.cond:
+            self._next_scene_at += interval_s - self._interval_s
+            self._interval_s = interval_s
+            self._worker.cond.notify_all()
 
     def ask(
         self, prompt: str, image: np.ndarray | None = None, timeout: float = 60.0
@@ -231,12 +268,13 @@ class VisionWorker:
         if image is None and self.frames.latest() is None:
             raise VisionUnavailable("no camera frame has been received yet")
         question = VisualQuestion(prompt, image, threading.Event(), on_done=on_done)
-        try:
-            self._questions.put_nowait(question)
-        except queue.Full:
-            raise VisionUnavailable("busy: too many visual questions are waiting") from None
-        self._background_cancel.set()  # the person's question goes before the scene loop
-        self.frames.arrived.set()  # wake the worker
+        with self._worker.cond:
+            try:
+                self._questions.put(question)
+            except QueueFull as exc:
+                raise VisionUnavailable(str(exc)) from None
+            self._background_cancel.set()  # the person's question goes before the scene loop
+            self._worker.cond.notify_all()
         return question
 
     def withdraw(self, question: VisualQuestion) -> None:
@@ -244,35 +282,44 @@ class VisionWorker:
         question.cancel.set()
 
     # ------------------------------------------------------------------- worker
-    def _run(self) -> None:
+    def _load(self) -> bool:
         try:
             self.backend.load()
         except Exception as exc:
             self.load_error = str(exc)
             log.error("vision back end failed to load: %s", exc)
-            return
+            return False
         self._ready.set()
-        described_seq = 0
-        next_scene_at = 0.0
-        while not self._stop.is_set():
-            # Sleep until a frame or a question arrives, the next scene is due, or (while the
-            # LLM generates) the next check: no polling while the camera is quiet.
-            self.frames.arrived.clear()
-            try:
-                self._answer(self._questions.get_nowait())
-                continue
-            except queue.Empty:
-                pass
-            frame = self.frames.newer_than(described_seq)
-            wait = None if frame is None else max(0.0, next_scene_at - time.monotonic())
-            if frame is not None and wait == 0.0 and self._llm_busy():
-                wait = LLM_BUSY_POLL_S
-            if wait is None or wait > 0.0:
-                self.frames.arrived.wait(wait)
-                continue
-            if self._describe_scene(frame):
-                described_seq = frame.seq
-                next_scene_at = time.monotonic() + self._interval_s
+        return True
+
+    def _take(self) -> VisualQuestion | Frame | None:
+        """Under the worker's cond: a question first (a person is waiting), else the newest
+        undescribed frame once the next scene is due and the LLM lets it run."""
+        question = self._questions.pop()
+        if question is not None:
+            return question
+        frame = self.frames.newer_than(self._described_seq)
+        if frame is None or time.monotonic() < self._next_scene_at or self._llm_busy():
+            return None
+        # Cleared here, under the lock that ask_async and yield_to_llm set it under, so a
+        # cancel that comes after this frame was taken is never lost.
+        self._background_cancel.clear()
+        return frame
+
+    def _wait_s(self) -> float | None:
+        """Sleep until a frame or a question wakes the worker (None), the next scene is
+        due, or, while the LLM generates, the next check."""
+        if self.frames.newer_than(self._described_seq) is None:
+            return None
+        due_in = self._next_scene_at - time.monotonic()
+        return due_in if due_in > 0.0 else LLM_BUSY_POLL_S
+
+    def _process(self, item: VisualQuestion | Frame) -> None:
+        if isinstance(item, VisualQuestion):
+            self._answer(item)
+        elif self._describe_scene(item):
+            self._described_seq = item.seq
+            self._next_scene_at = time.monotonic() + self._interval_s
 
     def _answer(self, question: VisualQuestion) -> None:
         try:
@@ -290,7 +337,7 @@ class VisionWorker:
             self.stats.withdrawn += 1
             question.error = "withdrawn"
             return
-        image, stamp = question.image, time.time()
+        image, stamp = question.image, self._now()
         if image is None:
             frame = self.frames.latest()
             if frame is None:
@@ -317,10 +364,8 @@ class VisionWorker:
 
     def _describe_scene(self, frame: Frame) -> bool:
         """Describe `frame` for the scene loop; False when cancelled (to be retried)."""
-        self._background_cancel.clear()
-        if not self._questions.empty():  # a question arrived meanwhile: it goes first
+        if self._background_cancel.is_set():  # a question (or the LLM) came first
             return False
-        self._in_background = True
         try:
             result = self.backend.describe(
                 frame.image, self._scene_prompt, self._background_cancel, self._max_tokens
@@ -330,14 +375,13 @@ class VisionWorker:
             log.warning("scene description failed: %s", exc)
             self.frames.mark_used(frame.seq)
             return True  # a frame the back end cannot handle is not retried
-        finally:
-            self._in_background = False
         if self._background_cancel.is_set():
             self.stats.preempted += 1
             return False
         self.frames.mark_used(frame.seq)
-        person = self._people.update(result.has_person, result.person_count, time.time())
-        scene = Scene(result, frame, time.time(), person)
+        now = self._now()
+        person = self._people.update(result.has_person, result.person_count, now)
+        scene = Scene(result, frame, now, person)
         self._scene = scene
         self.stats.scenes += 1
         self.stats.last_latency_s = result.latency_s

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from rclpy.node import Node
 
 from smolfusion_ros.core.jobs import ChatResult
 from smolfusion_ros.core.requests import ChatRequest
@@ -17,10 +19,24 @@ from smolfusion_ros.io.image_convert import (
 )
 
 
-def stamp_from_wall(seconds: float | None = None) -> Time:
-    seconds = time.time() if seconds is None else seconds
+def stamp_from_seconds(seconds: float) -> Time:
+    """A Time message for `seconds` on the clock they were read from (a header stamp that
+    went through core/ as a float, or node_clock_seconds)."""
     sec = int(seconds)
     return Time(sec=sec, nanosec=int((seconds - sec) * 1e9))
+
+
+def stamp_from_wall(seconds: float | None = None) -> Time:
+    """Wall-clock times that are data, not message times (stored turns' stamps, session
+    dates). A message's own stamp comes from the node clock: node.get_clock().now()."""
+    return stamp_from_seconds(time.time() if seconds is None else seconds)
+
+
+def node_clock_seconds(node: Node) -> Callable[[], float]:
+    """The node clock as the `now` callable core/ objects take (ROS-free): sim time under
+    use_sim_time, so stamps compared with received header stamps agree in bag replay."""
+    clock = node.get_clock()
+    return lambda: clock.now().nanoseconds * 1e-9
 
 
 def chat_request_from(msg, source: str, default_timeout_s: float = 0.0) -> ChatRequest:

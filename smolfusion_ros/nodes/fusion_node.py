@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -47,9 +47,12 @@ from smolfusion_ros.msg import ResponseChunk, Turn, Utterance
 from smolfusion_ros.nodes.conversions import (
     chat_request_from,
     fill_chat_response,
-    stamp_from_wall,
 )
-from smolfusion_ros.nodes.diagnostics import diagnostic_array
+from smolfusion_ros.nodes.diagnostics import (
+    DIAGNOSTICS_PERIOD_SPEC,
+    create_diagnostics,
+    diagnostic_array,
+)
 from smolfusion_ros.nodes.fusion_dialogue import DialogueBridge, dialogue_parameter_specs
 from smolfusion_ros.nodes.fusion_vision import VisionBridge, vision_parameter_specs
 from smolfusion_ros.nodes.managed import AUTOSTART_SPEC, ManagedNode
@@ -121,6 +124,12 @@ def check_gguf_file(path, parameter: str) -> None:
             f"{parameter}: {path} is not a GGUF model file (it starts with {magic!r}, "
             f"not {GGUF_MAGIC!r}); llama.cpp needs a .gguf file"
         )
+
+
+def parameter_specs() -> list[ParamSpec]:
+    """Every parameter of fusion_node: the LLM's, the vision half's and the dialogue's (the
+    profile test checks the YAML files against it)."""
+    return _parameter_specs() + vision_parameter_specs() + dialogue_parameter_specs()
 
 
 def _parameter_specs() -> list[ParamSpec]:
@@ -269,7 +278,7 @@ def _parameter_specs() -> list[ParamSpec]:
             "SQLite memory shared with memory_node: "
             "'default' = $ROS_HOME/smolfusion_ros/memory.db, empty = in-process only",
         ),
-        ParamSpec("diagnostics_period_s", 1.0, "period of /diagnostics messages", at_least(0.1)),
+        DIAGNOSTICS_PERIOD_SPEC,
         AUTOSTART_SPEC,
     ]
 
@@ -289,7 +298,7 @@ class FusionNode(ManagedNode):
 
     def __init__(self, node_name: str = "fusion_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        self._specs = _parameter_specs() + vision_parameter_specs() + dialogue_parameter_specs()
+        self._specs = parameter_specs()
         declare_parameter_specs(self, self._specs)
         # Read once, at construction: they name entities or size the executor.
         initial = read_parameters(self, self._specs)
@@ -328,7 +337,8 @@ class FusionNode(ManagedNode):
 
         self._stream_pub = self.create_publisher(ResponseChunk, "response_stream", 100)
         self._response_pub = self.create_publisher(Turn, "response", 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # /diagnostics in every lifecycle state (a monitor sees an unconfigured node too).
+        self._diag_pub = create_diagnostics(self, self._publish_diagnostics)
 
         self.create_service(
             Chat, "chat", self._on_chat, qos_profile=REQUEST_QOS, callback_group=waiting
@@ -351,12 +361,6 @@ class FusionNode(ManagedNode):
             "utterance",
             self._on_utterance,
             20,
-            callback_group=MutuallyExclusiveCallbackGroup(),
-        )
-        # /diagnostics in every lifecycle state (a monitor sees an unconfigured node too).
-        self.create_timer(
-            initial["diagnostics_period_s"],
-            self._publish_diagnostics,
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
 
@@ -700,7 +704,7 @@ class FusionNode(ManagedNode):
     def _publish_chunk(self, job: ChatJob, delta: str, _partial: str, tokens: int) -> None:
         self._stream_pub.publish(
             ResponseChunk(
-                stamp=stamp_from_wall(),
+                stamp=self.get_clock().now().to_msg(),
                 session_id=job.request.session_id,
                 request_id=job.request_id,
                 seq=tokens - 1,
@@ -719,7 +723,7 @@ class FusionNode(ManagedNode):
             return
         self._stream_pub.publish(
             ResponseChunk(
-                stamp=stamp_from_wall(),
+                stamp=self.get_clock().now().to_msg(),
                 session_id=job.request.session_id,
                 request_id=job.request_id,
                 seq=result.tokens,
@@ -730,7 +734,7 @@ class FusionNode(ManagedNode):
         )
         self._response_pub.publish(
             Turn(
-                stamp=stamp_from_wall(),
+                stamp=self.get_clock().now().to_msg(),
                 session_id=result.session_id,
                 request_id=result.request_id,
                 role=Turn.ROLE_ASSISTANT,

@@ -33,8 +33,21 @@ from smolfusion_ros.io import heap
 from smolfusion_ros.io.image_convert import ImageConversionError, rgb_to_image_fields
 from smolfusion_ros.io.overlay import draw_caption
 from smolfusion_ros.msg import ResponseChunk, SceneContext, Turn
-from smolfusion_ros.nodes.conversions import image_msg_to_rgb, stamp_from_wall
-from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, at_least, between, one_of
+from smolfusion_ros.nodes.conversions import (
+    image_msg_to_rgb,
+    node_clock_seconds,
+    stamp_from_seconds,
+)
+from smolfusion_ros.nodes.parameters import (
+    LIVE,
+    STARTUP,
+    ConfigError,
+    ParamSpec,
+    at_least,
+    between,
+    one_of,
+    watch_parameters,
+)
 from smolfusion_ros.srv import Analyze
 
 # Visual questions (analyze calls) that may wait behind the running one; more get "busy". Each
@@ -54,6 +67,7 @@ def vision_parameter_specs() -> list[ParamSpec]:
             "",
             "vision back end (perception, llama_cpp_vlm, "
             "transformers_vlm, openai_vlm); empty = no vision",
+            one_of("", *registry.vision_backend_names()),
         ),
         ParamSpec("vision.model", "", "catalogue id of the VLM (empty for perception)"),
         ParamSpec(
@@ -76,6 +90,7 @@ def vision_parameter_specs() -> list[ParamSpec]:
             2.0,
             "scene loop period (newest changed frame only)",
             at_least(0.05),
+            applies=LIVE,
         ),
         ParamSpec(
             "vision.max_side", 512, "frames are downscaled to this longest side", between(32, 4096)
@@ -87,7 +102,12 @@ def vision_parameter_specs() -> list[ParamSpec]:
             "ones are refused before conversion (16 MP: 4K UHD is 8.3 MP)",
             between(4096, 1_000_000_000),
         ),
-        ParamSpec("vision.frame_topic", "camera_node/frame", "camera frames (relative name)"),
+        ParamSpec(
+            "vision.frame_topic",
+            "camera_node/frame",
+            "camera frames (relative name)",
+            applies=STARTUP,  # the subscription is created once
+        ),
         ParamSpec(
             "vision.scene_prompt",
             "",
@@ -142,9 +162,13 @@ class VisionBridge:
         self._node = node
         self._is_active = is_active
         self._inactive_error = inactive_error
+        # Frame stamps and scene freshness on the node clock: under use_sim_time (bag
+        # replay) the camera's header stamps are sim time too.
+        self._now = node_clock_seconds(node)
         self._p: dict = {}
         self.frames = LatestFrame()
         self.frames_bad = 0
+        watch_parameters(node, self._apply_live)
         self.classifier: VisualTurnClassifier | None = None
         self.worker: VisionWorker | None = None
         self._started = False
@@ -194,6 +218,7 @@ class VisionBridge:
             person_tracker=PersonTracker(p["vision.absence_s"]),
             max_pending_questions=ANALYZE_MAX_PENDING,
             concurrency=p["vision.concurrency"],
+            now=self._now,
         )
 
     def start(self) -> None:
@@ -202,12 +227,20 @@ class VisionBridge:
             self.worker.start()
             self._started = True
 
+    def _apply_live(self, changes: dict) -> None:
+        """`ros2 param set vision.interval_s`: the scene loop takes it at once; without a
+        worker (unconfigured, no vision) the next configure reads it."""
+        if "vision.interval_s" in changes:
+            interval = changes["vision.interval_s"]
+            if self._p:
+                self._p = {**self._p, "vision.interval_s": interval}
+            worker = self.worker
+            if worker is not None:
+                worker.set_interval(interval)
+
     @staticmethod
     def _create_backend(p: dict):
-        name = p["vision.backend"]
-        if name not in registry.vision_backend_names():
-            known = ", ".join(registry.vision_backend_names())
-            raise ConfigError(f"parameter vision.backend={name!r}: must be one of {known}")
+        name = p["vision.backend"]  # a registry name: its spec checked it
         options = {
             "n_threads": p["vision.n_threads"],
             "n_gpu_layers": p["vision.n_gpu_layers"],
@@ -260,7 +293,7 @@ class VisionBridge:
             return
         finally:
             self._release(msg)
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 or time.time()
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 or self._now()
         self.frames.put(rgb, stamp)
 
     def _on_analyze(self, request: Analyze.Request, response: Analyze.Response):
@@ -303,7 +336,7 @@ class VisionBridge:
         result = scene.result
         self._scene_pub.publish(
             SceneContext(
-                frame_stamp=stamp_from_wall(scene.frame.stamp),
+                frame_stamp=stamp_from_seconds(scene.frame.stamp),
                 description=result.text,
                 model=result.model,
                 kind=result.kind,
@@ -319,7 +352,7 @@ class VisionBridge:
                 draw_caption(scene.frame.image, result.text)
             )
             debug = Image(height=height, width=width, encoding=encoding, step=step, data=data)
-            debug.header.stamp = stamp_from_wall(scene.frame.stamp)
+            debug.header.stamp = stamp_from_seconds(scene.frame.stamp)
             debug.header.frame_id = "camera"
             self._debug_pub.publish(debug)
         if scene.person.new_person and self._p["vision.greeting"]:
@@ -328,10 +361,11 @@ class VisionBridge:
     def _greet(self) -> None:
         text, session = self._p["vision.greeting"], self._p["vision.greeting_session"]
         request_id = f"greeting-{time.time_ns()}"
+        now = self._node.get_clock().now().to_msg()
         for seq, (chunk, final) in enumerate(((text, False), ("", True))):
             self._greeting_chunks.publish(
                 ResponseChunk(
-                    stamp=stamp_from_wall(),
+                    stamp=now,
                     session_id=session,
                     request_id=request_id,
                     seq=seq,
@@ -342,7 +376,7 @@ class VisionBridge:
             )
         self._greeting_turns.publish(
             Turn(
-                stamp=stamp_from_wall(),
+                stamp=now,
                 session_id=session,
                 request_id=request_id,
                 role=Turn.ROLE_ASSISTANT,
@@ -364,6 +398,8 @@ class VisionBridge:
             "vision_error": worker.load_error,
             "scenes": stats.scenes,
             "visual_questions": stats.questions,
+            # analyze calls and visual turns refused because the vision queue was full.
+            "visual_questions_rejected": worker.question_counts.rejected,
             "scene_preempted": stats.preempted,
             "vision_failures": stats.failures,
             "frames_dropped_stale": self.frames.dropped,
@@ -371,13 +407,14 @@ class VisionBridge:
             "last_vision_latency_s": f"{stats.last_latency_s:.3f}",
         }
 
-    def close(self) -> None:
-        """Stop the worker (queued questions fail, the back end is released); idempotent."""
+    def close(self, reason: str = "the node is shutting down") -> None:
+        """Stop the worker (queued questions fail with `reason`, the back end is released);
+        idempotent."""
         worker, self.worker = self.worker, None
         started, self._started = self._started, False
         if worker is None:
             return
         if started:
-            worker.stop()
+            worker.stop(reason=reason)
         else:  # configure failed after building it: nothing runs, only the back end to free
             worker.backend.close()
