@@ -13,7 +13,6 @@ from std_msgs.msg import String
 
 from smolfusion_ros.core.requests import RequestRejected, validate_session_id
 from smolfusion_ros.msg import Utterance
-from smolfusion_ros.nodes.conversions import stamp_from_wall
 from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, declare_parameters
 from smolfusion_ros.nodes.runner import run_node
 
@@ -44,7 +43,7 @@ class TextInputNode(Node):
             return  # blank lines are not questions
         self._publisher.publish(
             Utterance(
-                stamp=stamp_from_wall(),
+                stamp=self.get_clock().now().to_msg(),
                 session_id=self._session_id,
                 text=text,
                 is_final=True,
