@@ -11,7 +11,7 @@ import yaml
 
 from smolfusion_ros import catalogue
 from smolfusion_ros.core.personas import PersonaError, load_personas
-from smolfusion_ros.core.profile import ProfileError, get_profile, load_profiles
+from smolfusion_ros.core.profile import KNOWN_NODES, ProfileError, get_profile, load_profiles
 from smolfusion_ros.core.prompt import PromptTooLongError, build_messages
 from smolfusion_ros.core.requests import (
     ChatRequest,
@@ -300,29 +300,76 @@ def test_catalogue_joins_model_parts_once(tmp_path, monkeypatch):
 
 
 def test_every_profile_names_known_nodes_and_declared_parameters():
-    """What launch/smolfusion.launch.py and the bringup read, checked without launching."""
-    from smolfusion_ros.nodes.fusion_node import _parameter_specs
-    from smolfusion_ros.nodes.fusion_vision import vision_parameter_specs
+    """What launch/smolfusion.launch.py and the bringup read, checked without launching: every
+    node of every profile against its own spec table (nodes/<node>.parameter_specs(), what
+    the node declares): no unknown key, and every value the files set has the declared type
+    and passes the spec's check, as the node would at start or configure."""
+    import importlib
 
-    declared = {spec.name for spec in _parameter_specs() + vision_parameter_specs()}
+    from smolfusion_ros.nodes.parameters import check_value
+
     profiles = load_profiles()
     assert {"cpu_demo", "jetson_gguf", "gpu_server"} <= set(profiles)
+    models = catalogue.load_catalogue()
+    checked = set()
     for profile in profiles.values():
         assert profile.parameters_file.is_file()
         assert "fusion_node" in profile.nodes
+        for node in profile.nodes:
+            module = importlib.import_module(f"smolfusion_ros.nodes.{node}")
+            specs = {spec.name: spec for spec in module.parameter_specs()}
+            flat = _flatten(profile.node_parameters(node))
+            unknown = set(flat) - set(specs)
+            assert not unknown, f"{profile.name}/{node}: undeclared {sorted(unknown)}"
+            for name, value in flat.items():
+                problem = check_value(specs[name], value)
+                assert problem is None, f"{profile.name}/{node}: {name}={value!r}: {problem}"
+            checked.add(node)
         flat = _flatten(profile.node_parameters("fusion_node"))
-        assert set(flat) <= declared, f"{profile.name}: undeclared {set(flat) - declared}"
-        models = catalogue.load_catalogue()
         model = flat.get("llm.model")
         assert model in models, f"{profile.name}: unknown model {model}"
         vision_model = flat.get("vision.model")
         if vision_model:
             assert vision_model in models, f"{profile.name}: unknown model {vision_model}"
             assert models[vision_model].backend == flat["vision.backend"]
-        from smolfusion_ros.nodes.camera_node import _parameter_specs as camera_specs
+    assert checked == set(KNOWN_NODES), set(KNOWN_NODES) - checked
 
-        camera = _flatten(profile.node_parameters("camera_node"))
-        assert set(camera) <= {s.name for s in camera_specs()} | {"source"}
+
+def test_profile_check_catches_a_bad_value_and_an_unknown_key():
+    """The check above can fail: a wrong type, an out-of-range value, an unknown back end."""
+    from smolfusion_ros.nodes import camera_node, fusion_node, tts_node
+    from smolfusion_ros.nodes.parameters import check_value
+
+    fusion = {spec.name: spec for spec in fusion_node.parameter_specs()}
+    assert check_value(fusion["llm.n_ctx"], 2048) is None
+    assert "expected int" in check_value(fusion["llm.n_ctx"], 2048.0)
+    assert "expected float" in check_value(fusion["llm.temperature"], 1)
+    assert "expected bool" in check_value(fusion["autostart"], 1)
+    assert "between" in check_value(fusion["llm.n_ctx"], 100)
+    assert ">= 0.05" in check_value(fusion["vision.interval_s"], 0.01)
+    assert "must be one of" in check_value(fusion["vision.backend"], "hal9000")
+    assert check_value(fusion["vision.backend"], "") is None  # no vision
+    assert "list of str" in check_value(fusion["vision.visual_patterns"], ["a", 1])
+    tts = {spec.name: spec for spec in tts_node.parameter_specs()}
+    assert "must be one of" in check_value(tts["backend"], "festival")
+    camera = {spec.name: spec for spec in camera_node.parameter_specs()}
+    assert check_value(camera["source"], 0) is None and check_value(camera["source"], "/x") is None
+    assert "diagnostics_period_s" in camera and "diagnostics_period_s" in tts
+
+
+def test_every_node_that_publishes_diagnostics_declares_the_same_period():
+    import importlib
+
+    from smolfusion_ros.nodes.diagnostics import DIAGNOSTICS_PERIOD_SPEC
+
+    for node in KNOWN_NODES:
+        module = importlib.import_module(f"smolfusion_ros.nodes.{node}")
+        source = Path(module.__file__).read_text()
+        specs = {spec.name: spec for spec in module.parameter_specs()}
+        if "create_diagnostics(" in source:
+            assert specs.get("diagnostics_period_s") == DIAGNOSTICS_PERIOD_SPEC, node
+        # One builder: no node creates its own /diagnostics publisher.
+        assert 'create_publisher(DiagnosticArray, "/diagnostics"' not in source, node
 
 
 def test_unknown_profile_is_a_clear_error():

@@ -24,7 +24,7 @@ from smolfusion_ros import paths
 from smolfusion_ros.core.personas import PersonaBook, PersonaError
 from smolfusion_ros.dialogue.persona_store import PersonaStore
 from smolfusion_ros.dialogue.rules import RuleBook, RuleError, load_rules
-from smolfusion_ros.nodes.parameters import ConfigError, ParamSpec, between
+from smolfusion_ros.nodes.parameters import STARTUP, ConfigError, ParamSpec, between
 from smolfusion_ros.nodes.qos import PERSONA_EVENTS_QOS
 from smolfusion_ros.srv import SearchKnowledge
 
@@ -38,7 +38,10 @@ def dialogue_parameter_specs() -> list[ParamSpec]:
         ParamSpec("rules.robot_name", "", "overrides the rules file's {robot_name} (empty = keep)"),
         ParamSpec("knowledge.enabled", True, "put knowledge_node's relevant chunks in prompts"),
         ParamSpec(
-            "knowledge.node", "knowledge_node", "name of the knowledge node (same namespace)"
+            "knowledge.node",
+            "knowledge_node",
+            "name of the knowledge node (same namespace)",
+            applies=STARTUP,  # names the search client, created once
         ),
         ParamSpec(
             "knowledge.timeout_s",

@@ -47,6 +47,7 @@ from smolfusion_ros.msg import ResponseChunk, Turn, Utterance
 from smolfusion_ros.nodes.conversions import (
     chat_request_from,
     fill_chat_response,
+    stamp_from_wall,
 )
 from smolfusion_ros.nodes.diagnostics import (
     DIAGNOSTICS_PERIOD_SPEC,
@@ -704,7 +705,7 @@ class FusionNode(ManagedNode):
     def _publish_chunk(self, job: ChatJob, delta: str, _partial: str, tokens: int) -> None:
         self._stream_pub.publish(
             ResponseChunk(
-                stamp=self.get_clock().now().to_msg(),
+                stamp=stamp_from_wall(),
                 session_id=job.request.session_id,
                 request_id=job.request_id,
                 seq=tokens - 1,
@@ -723,7 +724,7 @@ class FusionNode(ManagedNode):
             return
         self._stream_pub.publish(
             ResponseChunk(
-                stamp=self.get_clock().now().to_msg(),
+                stamp=stamp_from_wall(),
                 session_id=job.request.session_id,
                 request_id=job.request_id,
                 seq=result.tokens,
@@ -734,7 +735,7 @@ class FusionNode(ManagedNode):
         )
         self._response_pub.publish(
             Turn(
-                stamp=self.get_clock().now().to_msg(),
+                stamp=stamp_from_wall(),
                 session_id=result.session_id,
                 request_id=result.request_id,
                 role=Turn.ROLE_ASSISTANT,

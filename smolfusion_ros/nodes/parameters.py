@@ -79,7 +79,10 @@ class Choices:
     choices: tuple[str, ...]
 
     def __call__(self, value: Any) -> str | None:
-        return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
+        return None if value in self.choices else f"must be one of {self.text()}"
+
+    def text(self) -> str:
+        return ", ".join(choice or "''" for choice in self.choices)
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,7 @@ def descriptor_for(spec: ParamSpec, managed: bool) -> ParameterDescriptor:
                 FloatingPointRange(from_value=float(check.low), to_value=high, step=0.0)
             ]
     elif isinstance(check, Choices):
-        constraints.append(f"one of: {', '.join(check.choices)}")
+        constraints.append(f"one of: {check.text()}")
     constraints.append(_WHEN_TEXT[when])
     descriptor.additional_constraints = "; ".join(constraints)
     return descriptor
