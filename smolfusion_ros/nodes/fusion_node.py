@@ -47,7 +47,6 @@ from smolfusion_ros.msg import ResponseChunk, Turn, Utterance
 from smolfusion_ros.nodes.conversions import (
     chat_request_from,
     fill_chat_response,
-    stamp_from_wall,
 )
 from smolfusion_ros.nodes.diagnostics import (
     DIAGNOSTICS_PERIOD_SPEC,
@@ -705,7 +704,7 @@ class FusionNode(ManagedNode):
     def _publish_chunk(self, job: ChatJob, delta: str, _partial: str, tokens: int) -> None:
         self._stream_pub.publish(
             ResponseChunk(
-                stamp=stamp_from_wall(),
+                stamp=self.get_clock().now().to_msg(),
                 session_id=job.request.session_id,
                 request_id=job.request_id,
                 seq=tokens - 1,
@@ -724,7 +723,7 @@ class FusionNode(ManagedNode):
             return
         self._stream_pub.publish(
             ResponseChunk(
-                stamp=stamp_from_wall(),
+                stamp=self.get_clock().now().to_msg(),
                 session_id=job.request.session_id,
                 request_id=job.request_id,
                 seq=result.tokens,
@@ -735,7 +734,7 @@ class FusionNode(ManagedNode):
         )
         self._response_pub.publish(
             Turn(
-                stamp=stamp_from_wall(),
+                stamp=self.get_clock().now().to_msg(),
                 session_id=result.session_id,
                 request_id=result.request_id,
                 role=Turn.ROLE_ASSISTANT,

@@ -33,7 +33,11 @@ from smolfusion_ros.io import heap
 from smolfusion_ros.io.image_convert import ImageConversionError, rgb_to_image_fields
 from smolfusion_ros.io.overlay import draw_caption
 from smolfusion_ros.msg import ResponseChunk, SceneContext, Turn
-from smolfusion_ros.nodes.conversions import image_msg_to_rgb, stamp_from_wall
+from smolfusion_ros.nodes.conversions import (
+    image_msg_to_rgb,
+    node_clock_seconds,
+    stamp_from_seconds,
+)
 from smolfusion_ros.nodes.parameters import (
     LIVE,
     STARTUP,
@@ -158,6 +162,9 @@ class VisionBridge:
         self._node = node
         self._is_active = is_active
         self._inactive_error = inactive_error
+        # Frame stamps and scene freshness on the node clock: under use_sim_time (bag
+        # replay) the camera's header stamps are sim time too.
+        self._now = node_clock_seconds(node)
         self._p: dict = {}
         self.frames = LatestFrame()
         self.frames_bad = 0
@@ -211,6 +218,7 @@ class VisionBridge:
             person_tracker=PersonTracker(p["vision.absence_s"]),
             max_pending_questions=ANALYZE_MAX_PENDING,
             concurrency=p["vision.concurrency"],
+            now=self._now,
         )
 
     def start(self) -> None:
@@ -285,7 +293,7 @@ class VisionBridge:
             return
         finally:
             self._release(msg)
-        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 or time.time()
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 or self._now()
         self.frames.put(rgb, stamp)
 
     def _on_analyze(self, request: Analyze.Request, response: Analyze.Response):
@@ -328,7 +336,7 @@ class VisionBridge:
         result = scene.result
         self._scene_pub.publish(
             SceneContext(
-                frame_stamp=stamp_from_wall(scene.frame.stamp),
+                frame_stamp=stamp_from_seconds(scene.frame.stamp),
                 description=result.text,
                 model=result.model,
                 kind=result.kind,
@@ -344,7 +352,7 @@ class VisionBridge:
                 draw_caption(scene.frame.image, result.text)
             )
             debug = Image(height=height, width=width, encoding=encoding, step=step, data=data)
-            debug.header.stamp = stamp_from_wall(scene.frame.stamp)
+            debug.header.stamp = stamp_from_seconds(scene.frame.stamp)
             debug.header.frame_id = "camera"
             self._debug_pub.publish(debug)
         if scene.person.new_person and self._p["vision.greeting"]:
@@ -353,10 +361,11 @@ class VisionBridge:
     def _greet(self) -> None:
         text, session = self._p["vision.greeting"], self._p["vision.greeting_session"]
         request_id = f"greeting-{time.time_ns()}"
+        now = self._node.get_clock().now().to_msg()
         for seq, (chunk, final) in enumerate(((text, False), ("", True))):
             self._greeting_chunks.publish(
                 ResponseChunk(
-                    stamp=stamp_from_wall(),
+                    stamp=now,
                     session_id=session,
                     request_id=request_id,
                     seq=seq,
@@ -367,7 +376,7 @@ class VisionBridge:
             )
         self._greeting_turns.publish(
             Turn(
-                stamp=stamp_from_wall(),
+                stamp=now,
                 session_id=session,
                 request_id=request_id,
                 role=Turn.ROLE_ASSISTANT,
@@ -389,6 +398,8 @@ class VisionBridge:
             "vision_error": worker.load_error,
             "scenes": stats.scenes,
             "visual_questions": stats.questions,
+            # analyze calls and visual turns refused because the vision queue was full.
+            "visual_questions_rejected": worker.question_counts.rejected,
             "scene_preempted": stats.preempted,
             "vision_failures": stats.failures,
             "frames_dropped_stale": self.frames.dropped,
@@ -396,13 +407,14 @@ class VisionBridge:
             "last_vision_latency_s": f"{stats.last_latency_s:.3f}",
         }
 
-    def close(self) -> None:
-        """Stop the worker (queued questions fail, the back end is released); idempotent."""
+    def close(self, reason: str = "the node is shutting down") -> None:
+        """Stop the worker (queued questions fail with `reason`, the back end is released);
+        idempotent."""
         worker, self.worker = self.worker, None
         started, self._started = self._started, False
         if worker is None:
             return
         if started:
-            worker.stop()
+            worker.stop(reason=reason)
         else:  # configure failed after building it: nothing runs, only the back end to free
             worker.backend.close()
