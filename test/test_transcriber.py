@@ -281,11 +281,36 @@ def test_full_final_queue_drops_the_oldest_with_a_blocking_standin_recogniser():
         for k in (1, 2, 3):  # wait in a queue of 2
             worker.submit_final(Job(FINAL, audio, utterance=k, generation=0))
         assert worker.finals_dropped == 1 and worker.pending == 2
+        assert worker.finals_accepted == 4
         backend.release.set()
         assert wait_for(lambda: len(results) == 3)
         assert [job.utterance for job, _ in results] == [0, 2, 3]  # 1, the oldest, dropped
     finally:
         backend.release.set()
+        worker.stop()
+
+
+def test_a_failing_result_handler_is_named_and_the_worker_goes_on_with_a_standin_recogniser():
+    backend = BlockingStandInRecogniser()
+    backend.release.set()
+    errors: list[tuple[int, str]] = []
+    delivered: list[int] = []
+
+    def on_result(job: Job, result: Transcript) -> None:
+        if job.utterance == 0:
+            raise ValueError("publisher gone")
+        delivered.append(job.utterance)
+
+    worker = TranscriptionWorker(
+        backend, on_result, lambda job, error: errors.append((job.utterance, error))
+    )
+    try:
+        audio = np.zeros(SAMPLE_RATE, np.float32)
+        for k in (0, 1):
+            worker.submit_final(Job(FINAL, audio, utterance=k, generation=0))
+        assert wait_for(lambda: delivered == [1])
+        assert errors == [(0, "result handler: ValueError: publisher gone")]
+    finally:
         worker.stop()
 
 

@@ -22,7 +22,7 @@ Policy, in order of priority on the one worker:
   (partials_too_slow) rather than delay the speculation at the pause after them.
 
 Queues are bounded: at most `max_finals` finals wait (a full queue drops the oldest, counted as
-finals_dropped), at most one speculation and one partial.
+finals_dropped; finals_accepted counts the rest), at most one speculation and one partial.
 
 Every turn keeps a timeline of wall times (`last_timeline`): the VAD's end of speech, the
 speculation queued / started / done, the turn committed, the final started and published; it
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -52,6 +51,7 @@ from smolfusion_ros.core.speech import (
     UtteranceEnded,
     looks_complete,
 )
+from smolfusion_ros.core.worker import BoundedQueue, FullPolicy, WorkerThread
 
 SPECULATION_CACHE = 4  # speculative transcripts kept for reuse (only the newest is ever used)
 STREAM_GAP_MIN_S = 1.5  # audio silent this long mid-utterance ends it (a file or device stopped)
@@ -106,7 +106,8 @@ class UtteranceResult:
 
 
 class TranscriptionWorker:
-    """One thread that transcribes, with the bounded queues described in the module doc."""
+    """One thread (core.worker) that transcribes, with the bounded queues described in the
+    module doc; `_take` is the priority order."""
 
     def __init__(
         self,
@@ -119,30 +120,37 @@ class TranscriptionWorker:
         self._on_result = on_result
         self._on_error = on_error
         self.max_finals = max(1, int(max_finals))
-        self._finals: deque[Job] = deque()
+        self._finals = BoundedQueue[Job]("finals", self.max_finals, FullPolicy.DROP_OLDEST)
         self._speculation: Job | None = None
         self._partial: Job | None = None
-        self._cond = threading.Condition()
-        self._running: Job | None = None
-        self._stopping = False
         self._speculated: dict[int, Transcript] = {}  # speculation number -> transcript
-        self.finals_dropped = 0
-        self._thread = threading.Thread(target=self._run, name="stt_worker", daemon=True)
-        self._thread.start()
+        self._worker = WorkerThread[Job](
+            "stt_worker", take=self._take, process=self._transcribe, on_error=self._failed
+        )
+        self._cond = self._worker.cond
+        self._worker.start()
 
     @property
     def busy(self) -> bool:
-        return self._running is not None
+        return self._worker.current is not None
 
     @property
     def running_kind(self) -> str:
-        job = self._running
+        job = self._worker.current
         return job.kind if job is not None else ""
 
     @property
     def pending(self) -> int:
         with self._cond:
             return len(self._finals) + (self._speculation is not None) + (self._partial is not None)
+
+    @property
+    def finals_accepted(self) -> int:
+        return self._finals.counts.accepted
+
+    @property
+    def finals_dropped(self) -> int:
+        return self._finals.counts.dropped
 
     def submit_speculation(self, job: Job) -> None:
         with self._cond:
@@ -161,7 +169,7 @@ class TranscriptionWorker:
     def offer_partial(self, job: Job) -> bool:
         """Queue a preview only when the worker has nothing else to do."""
         with self._cond:
-            if self._running is not None or self._finals or self._speculation or self._partial:
+            if self.busy or self._finals or self._speculation or self._partial:
                 return False
             self._partial = job
             self._cond.notify()
@@ -177,77 +185,60 @@ class TranscriptionWorker:
             self._partial = None
             if self._speculation is not None and self._speculation.speculation != job.speculation:
                 self._speculation = None  # a speculation this final does not reuse
-            if len(self._finals) >= self.max_finals:
-                self._finals.popleft()
-                self.finals_dropped += 1
-            self._finals.append(job)
+            self._finals.put(job)  # full: the oldest final is dropped (counted)
             self._cond.notify()
 
-    def _next(self) -> Job | None:
+    def _take(self) -> Job | None:
         """Called with the lock held: the next job by priority, or None."""
-        if self._finals:
-            final = self._finals[0]
+        final, job = self._finals.peek(), None
+        if final is not None:
             # The speculation a final reuses runs first (it is the final's transcript).
             spec = self._speculation
             if spec is not None and spec.speculation == final.speculation:
-                self._speculation = None
-                return spec
-            return self._finals.popleft()
-        if self._speculation is not None:
+                job, self._speculation = spec, None
+            else:
+                job = self._finals.pop()
+        elif self._speculation is not None:
             job, self._speculation = self._speculation, None
-            return job
-        job, self._partial = self._partial, None
+        else:
+            job, self._partial = self._partial, None
+        if job is not None:
+            job.started = time.time()
         return job
 
-    def _run(self) -> None:
-        while True:
+    def _transcribe(self, job: Job) -> None:
+        with self._cond:
+            reused = (
+                self._speculated.pop(job.speculation, None)
+                if job.kind == FINAL and job.speculation >= 0
+                else None
+            )
+        if reused is not None:
+            job.reused = True
+            result = Transcript(reused.text, reused.confidence, reused.locale, reused.audio_s, 0.0)
+        else:
+            # A speculation is transcribed as a final (beam search): it may become one.
+            result = self._backend.transcribe(job.audio, job.kind != PARTIAL)
+        if job.kind == SPECULATION:
             with self._cond:
-                job = self._next()
-                while job is None and not self._stopping:
-                    self._cond.wait()
-                    job = self._next()
-                if self._stopping:
-                    return
-                self._running = job
-                job.started = time.time()
-                reused = (
-                    self._speculated.pop(job.speculation, None)
-                    if job.kind == FINAL and job.speculation >= 0
-                    else None
-                )
-            try:
-                if reused is not None:
-                    job.reused = True
-                    result = Transcript(
-                        reused.text, reused.confidence, reused.locale, reused.audio_s, 0.0
-                    )
-                else:
-                    # A speculation is transcribed as a final (beam search): it may become one.
-                    result = self._backend.transcribe(job.audio, job.kind != PARTIAL)
-                if job.kind == SPECULATION:
-                    with self._cond:
-                        self._speculated[job.speculation] = result
-                        while len(self._speculated) > SPECULATION_CACHE:
-                            self._speculated.pop(next(iter(self._speculated)))
-                job.finished = time.time()
-            except Exception as exc:  # one failed transcription never stops the worker
-                self._on_error(job, f"{type(exc).__name__}: {exc}")
-            else:
-                try:
-                    self._on_result(job, result)
-                except Exception as exc:  # nor does a failing result handler
-                    self._on_error(job, f"result handler: {type(exc).__name__}: {exc}")
-            finally:
-                with self._cond:
-                    self._running = None
+                self._speculated[job.speculation] = result
+                while len(self._speculated) > SPECULATION_CACHE:
+                    self._speculated.pop(next(iter(self._speculated)))
+        job.finished = time.time()
+        self._on_result(job, result)
+
+    def _failed(self, job: Job, exc: Exception) -> None:
+        """A failed transcription or result handler (job.finished is set once the transcript
+        is there) is reported; the worker goes on."""
+        where = "result handler: " if job.finished else ""
+        self._on_error(job, f"{where}{type(exc).__name__}: {exc}")
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Drop what waits; wait up to `timeout` for a transcription in progress."""
         with self._cond:
-            self._stopping = True
-            self._finals.clear()
+            self._finals.drain()
             self._speculation = self._partial = None
-            self._cond.notify()
-        self._thread.join(timeout)
+        self._worker.stop(timeout)
 
 
 class SequenceCheck:
@@ -607,6 +598,7 @@ class Transcriber:
                 "stream_gaps": self.sequence.stream_gaps,
                 "stream_restarts": self.sequence.stream_restarts,
                 "queued_jobs": self.worker.pending,
+                "finals_accepted": self.worker.finals_accepted,
                 "finals_dropped": self.worker.finals_dropped,
                 "max_queued_finals": self.worker.max_finals,
                 "short_commits": self.segmenter.short_commits,

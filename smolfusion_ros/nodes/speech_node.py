@@ -23,7 +23,8 @@ Publishes:   utterance (smolfusion_ros/Utterance, source=speech: partial results
              vad.end_silence_short_ms), real_time_factor, last_latency_s (end of speech, by the
              chunks' stamps -> final published), last_transcribe_latency_s, chunks,
              lost_chunks and stream_gaps (by AudioChunk.seq), stream_restarts,
-             dropped_chunks, muted_chunks, errors, last_error, queued_jobs, finals_dropped,
+             dropped_chunks, muted_chunks, errors, last_error, queued_jobs, finals_accepted,
+             finals_dropped,
              speculation_waits (the worker was busy when a pause was due), early_commits
              (turns committed the moment their speculation finished), turn.* (wall times of
              the last turn: speech_end, spec_due, spec_start, spec_done, final_due,

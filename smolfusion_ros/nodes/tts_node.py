@@ -7,8 +7,8 @@ Subscribes:  response_stream (smolfusion_ros/ResponseChunk): text is gathered pe
 Publishes:   robot_speaking (std_msgs/Bool, reliable + transient_local, depth 1: True when
              speech starts, False when the queue is empty and playback has ended),
              audio_out (smolfusion_ros/AudioChunk, mono int16: each utterance as synthesised),
-             /diagnostics (every diagnostics_period_s: utterances, queue, errors, synthesis
-             speed)
+             /diagnostics (every diagnostics_period_s: utterances, queue (queued, accepted,
+             dropped_queue_full), errors, synthesis speed)
 Services:    say (smolfusion_ros/Say): speak a text (after what is queued, or at once when
              say_interrupts); the response comes when the text has been spoken, with its
              duration (success=false with the error when it could not be: empty text, unknown
