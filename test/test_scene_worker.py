@@ -122,6 +122,64 @@ def test_a_question_preempts_a_background_description():
         worker.stop()
 
 
+class CloseRecordingGatedPerception(GatedPerception):
+    """The gated stand-in for a slow VLM, recording whether close() ran while a describe()
+    was still running (freeing a llama.cpp model under a running call crashes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.describing = False
+        self.closed_while_describing: bool | None = None
+
+    def describe(self, image_rgb, prompt, cancel, max_tokens=96):
+        self.describing = True
+        try:
+            return super().describe(image_rgb, prompt, cancel, max_tokens)
+        finally:
+            self.describing = False
+
+    def close(self) -> None:
+        if self.closed_while_describing is None:
+            self.closed_while_describing = self.describing
+        super().close()
+
+
+def test_stop_frees_the_back_end_only_after_a_running_description_returns():
+    backend = CloseRecordingGatedPerception()
+    worker = _worker(backend, interval_s=0.01)
+    try:
+        worker.frames.put(ASTRONAUT, time.time())
+        assert backend.entered.wait(10)
+        worker.stop(timeout=0.2)  # the description is held at the gate: stop cannot wait
+        assert backend.closed_while_describing is None, "closed under the running describe"
+        backend.gate.set()
+        assert _wait(lambda: backend.closed_while_describing is not None, 30)
+        assert backend.closed_while_describing is False
+    finally:
+        backend.gate.set()
+
+
+def test_a_full_question_queue_rejects_counts_and_stop_fails_the_queued_with_its_reason():
+    backend = GatedPerception()
+    worker = _worker(backend, interval_s=60, max_pending_questions=2)
+    try:
+        running = worker.ask_async("Who is there?", COFFEE)
+        assert backend.entered.wait(10), "the first question is being answered"
+        queued = [worker.ask_async(f"Question {i}", COFFEE) for i in range(2)]
+        with pytest.raises(VisionUnavailable, match="busy: 2 visual questions are already"):
+            worker.ask_async("One too many", COFFEE)
+        counts = worker.question_counts
+        assert (counts.accepted, counts.rejected) == (3, 1)
+        worker.stop(timeout=0.2, reason="the node is being cleaned up")
+        for question in queued:
+            assert question.done.is_set() and question.error == "the node is being cleaned up"
+        backend.gate.set()
+        assert _wait(running.done.is_set), "the running question still ends"
+    finally:
+        backend.gate.set()
+        worker.stop()
+
+
 @pytest.fixture
 def engine_with_vision():
     backend = GatedPerception()
@@ -168,8 +226,10 @@ def test_a_non_visual_answer_does_not_wait_for_the_vision_model(engine_with_visi
         ChatRequest(text="What is the capital of Italy?", session_id="n", max_tokens=8)
     ).wait(120)
     elapsed = time.monotonic() - started
-    assert result.success and elapsed < 5, f"waited {elapsed:.1f} s"
-    assert asking.is_alive(), "the vision model was still busy while the answer came"
+    assert result.success
+    # The vision question is held at the gate (up to 30 s) until released below: an answer
+    # that came while it still waits did not wait for it, however loaded the machine is.
+    assert asking.is_alive(), f"the answer came after the vision model ({elapsed:.1f} s)"
     backend.gate.set()
     asking.join(20)
     assert answers and answers[0][0].kind == "perception"
