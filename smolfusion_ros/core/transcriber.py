@@ -24,9 +24,10 @@ Policy, in order of priority on the one worker:
 Queues are bounded: at most `max_finals` finals wait (a full queue drops the oldest, counted as
 finals_dropped; finals_accepted counts the rest), at most one speculation and one partial.
 
-Every turn keeps a timeline of wall times (`last_timeline`): the VAD's end of speech, the
-speculation queued / started / done, the turn committed, the final started and published; it
-says where the time between the end of speech and the utterance goes.
+Every turn keeps a timeline of times on the `now` clock (`last_timeline`; the wall clock unless
+the node passes its own): the VAD's end of speech, the speculation queued / started / done, the
+turn committed, the final started and published; it says where the time between the end of
+speech and the utterance goes.
 
 Thread safety: `feed`, `flush`, `tick`, `set_muted`, `set_enabled` may be called from any
 thread (one lock guards the segmenter); results are delivered on the worker thread, or on the
@@ -78,9 +79,9 @@ class Job:
     generation: int  # Transcriber generation when queued: older partials/speculations are stale
     speculation: int = -1  # a speculation: its number; a final: the one whose text it may reuse
     reason: str = ""  # why a final ended (silence, short_silence, max_length, flush)
-    audio_end: float = 0.0  # wall (capture) time of the end of the chunk that ended the turn
+    audio_end: float = 0.0  # capture time (`now` clock) of the end of the chunk that ended it
     trailing_silence_s: float = 0.0  # audio between the end of speech and that chunk's end
-    submitted: float = 0.0  # wall times: queued, started on the worker, done
+    submitted: float = 0.0  # `now` clock times: queued, started on the worker, done
     started: float = 0.0
     finished: float = 0.0
     reused: bool = False  # a final that took its speculation's transcript
@@ -115,10 +116,12 @@ class TranscriptionWorker:
         on_result: Callable[[Job, Transcript], None],
         on_error: Callable[[Job, str], None],
         max_finals: int = 8,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self._backend = backend
         self._on_result = on_result
         self._on_error = on_error
+        self._now = now  # the Transcriber's clock: jobs' started/finished join its timeline
         self.max_finals = max(1, int(max_finals))
         self._finals = BoundedQueue[Job]("finals", self.max_finals, FullPolicy.DROP_OLDEST)
         self._speculation: Job | None = None
@@ -203,7 +206,7 @@ class TranscriptionWorker:
         else:
             job, self._partial = self._partial, None
         if job is not None:
-            job.started = time.time()
+            job.started = self._now()
         return job
 
     def _transcribe(self, job: Job) -> None:
@@ -224,7 +227,7 @@ class TranscriptionWorker:
                 self._speculated[job.speculation] = result
                 while len(self._speculated) > SPECULATION_CACHE:
                     self._speculated.pop(next(iter(self._speculated)))
-        job.finished = time.time()
+        job.finished = self._now()
         self._on_result(job, result)
 
     def _failed(self, job: Job, exc: Exception) -> None:
@@ -297,8 +300,13 @@ class Transcriber:
         max_finals: int = 8,
         stream_gap_s: float | None = None,
         enabled: bool = True,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.backend = backend
+        # The clock the chunks' stamps (audio_end) are on: the node clock in speech_node (sim
+        # time under use_sim_time). Latencies and the timeline are measured on it too, because
+        # they are differences from those stamps; the stream gap stays on time.monotonic.
+        self._now = now
         self.segmenter = segmenter
         self._publish = publish
         self._report_error = on_error or (lambda _msg: None)
@@ -317,7 +325,7 @@ class Transcriber:
         self._live_speculation = -1  # the speculation whose transcript may still be published
         self._last_partial_text: dict[int, str] = {}
         self._last_chunk_at: float | None = None  # monotonic
-        self._last_audio_end = 0.0  # wall (capture) time of the end of the last chunk
+        self._last_audio_end = 0.0  # capture time (`now` clock) of the end of the last chunk
         self._partial_cost = 0.0  # seconds the last partial took on the worker
         self._full_cost = 0.0  # seconds the last final or speculation took
         self._partial_offered_at = -PARTIAL_RETRY_S  # monotonic
@@ -332,7 +340,9 @@ class Transcriber:
         # Wall times of the turn in progress and of the last finished one (module doc).
         self._timeline: dict[str, float] = {}
         self.last_timeline: dict[str, float] = {}
-        self.worker = TranscriptionWorker(backend, self._on_result, self._on_error, max_finals)
+        self.worker = TranscriptionWorker(
+            backend, self._on_result, self._on_error, max_finals, now=now
+        )
 
     # ---- input -------------------------------------------------------------------------------
 
@@ -352,10 +362,10 @@ class Transcriber:
         seq: int = 0,
         audio_end: float | None = None,
     ) -> None:
-        """One chunk of int16 PCM. `audio_end`: wall (capture) time of its last sample, when
+        """One chunk of int16 PCM. `audio_end`: capture time (`now` clock) of its last sample, when
         the publisher stamped it (latency then includes transport). Raises AudioFormatError
         for a malformed chunk (nothing changes)."""
-        now = time.time()
+        now = self._now()
         with self._lock:
             self.counts.chunks += 1
             self.sequence.check(int(seq))
@@ -383,13 +393,13 @@ class Transcriber:
                 return
             if time.monotonic() - self._last_chunk_at < self.stream_gap_s:
                 return
-            now = time.time()
+            now = self._now()
             self._handle(self.segmenter.flush(), now - self.stream_gap_s, now)
 
     def flush(self) -> None:
         """End of stream: finish the utterance in progress now."""
         with self._lock:
-            now = time.time()
+            now = self._now()
             self._handle(self.segmenter.flush(), now, now)
 
     def set_muted(self, muted: bool) -> None:
@@ -519,7 +529,7 @@ class Transcriber:
                     # start a prefill in fusion_node that the final preempts at once.
                     self.counts.early_commits += 1
                     self._account(result)
-                    self._end_turn(event, self._last_audio_end, time.time())
+                    self._end_turn(event, self._last_audio_end, self._now())
                     return
         self._deliver(job, result)
 
@@ -550,7 +560,7 @@ class Transcriber:
                 return
             latency = -1.0
             if job.kind == FINAL:
-                done = time.time()
+                done = self._now()
                 self.counts.utterances += 1
                 self.counts.speculations_reused += job.reused
                 self.last_finalise_s = done - job.submitted

@@ -72,7 +72,7 @@ from smolfusion_ros.core.requests import RequestRejected, validate_session_id
 from smolfusion_ros.core.speech import AudioFormatError, SpeechSegmenter, VadConfig
 from smolfusion_ros.core.transcriber import Transcriber, UtteranceResult
 from smolfusion_ros.msg import AudioChunk, Utterance
-from smolfusion_ros.nodes.conversions import stamp_from_wall
+from smolfusion_ros.nodes.conversions import node_clock_seconds
 from smolfusion_ros.nodes.diagnostics import (
     DIAGNOSTICS_PERIOD_SPEC,
     create_diagnostics,
@@ -338,6 +338,9 @@ class SpeechNode(ManagedNode):
             language=self._language,
             max_finals=p["max_queued_finals"],
             enabled=bool(p["enabled"]),
+            # The clock the audio chunks' stamps are on (sim time under use_sim_time), so
+            # their capture times and the latency measured from them agree.
+            now=node_clock_seconds(self),
         )
 
     def deactivate(self) -> None:
@@ -421,7 +424,7 @@ class SpeechNode(ManagedNode):
             return  # heard before a deactivate, done after it: nothing is published
         self._utterance_pub.publish(
             Utterance(
-                stamp=stamp_from_wall(),
+                stamp=self.get_clock().now().to_msg(),
                 session_id=self._session_id,
                 text=result.text,
                 is_final=result.is_final,
