@@ -179,7 +179,8 @@ def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
 
 class LifecycleClient:
     """Drives a managed node's standard lifecycle services (get_state, change_state) and its
-    parameters from a test, as `ros2 lifecycle set` / a lifecycle manager would.
+    parameters from a test, as `ros2 lifecycle set` / a lifecycle manager would. The one
+    lifecycle client of the tests (fusion_node, memory_node, speech_node and the device nodes).
 
     Like SmolFusionClient.wait_for_servers, wait() confirms replies reach this client before
     the test relies on them: a reply sent before the server matched our reader is dropped by
@@ -200,12 +201,13 @@ class LifecycleClient:
 
         return _wait_future(client.call_async(request), timeout, self.name)
 
-    def wait(self, timeout: float = 60.0) -> None:
+    def wait(self, timeout: float = 60.0, process: NodeProcess | None = None) -> None:
+        """Until all three services answer; a failure shows `process`'s log when given."""
         from lifecycle_msgs.msg import Transition
         from lifecycle_msgs.srv import ChangeState, GetState
         from rcl_interfaces.srv import SetParameters
 
-        from smolfusion_ros.client import ClientError
+        from smolfusion_ros.client import ClientError, _call_until_answered
 
         deadline = time.monotonic() + timeout
         probes = [
@@ -216,21 +218,23 @@ class LifecycleClient:
         ]
         for client, request in probes:
             remaining = deadline - time.monotonic()
-            assert client.wait_for_service(timeout_sec=max(remaining, 0.1)), self.name
-            while True:
-                try:
-                    self._call(client, request, min(2.0, max(deadline - time.monotonic(), 0.1)))
-                    break
-                except ClientError:
-                    assert time.monotonic() < deadline, f"{self.name}: no reply reaches the test"
+            if not client.wait_for_service(timeout_sec=max(remaining, 0.1)):
+                log = f":\n{process.log}" if process is not None else ""
+                raise AssertionError(f"{self.name}: lifecycle services did not appear{log}")
+            try:
+                _call_until_answered(client, request, deadline, self.name)
+            except ClientError:
+                log = f":\n{process.log}" if process is not None else ""
+                raise AssertionError(f"{self.name}: no reply reaches the test{log}") from None
 
     def state(self, timeout: float = 30.0) -> str:
         from lifecycle_msgs.srv import GetState
 
         return self._call(self._get, GetState.Request(), timeout).current_state.label
 
-    def transition(self, name: str, timeout: float = 60.0) -> bool:
-        """configure, activate, deactivate, cleanup or shutdown; True when it succeeded."""
+    def transition(self, name: str, expected: str = "", timeout: float = 60.0) -> bool:
+        """configure, activate, deactivate, cleanup or shutdown; True when it succeeded (and,
+        with `expected`, the node then reports that state)."""
         from lifecycle_msgs.msg import Transition
         from lifecycle_msgs.srv import ChangeState
 
@@ -247,10 +251,12 @@ class LifecycleClient:
                 "active": Transition.TRANSITION_ACTIVE_SHUTDOWN,
             }[self.state()]
         request = ChangeState.Request(transition=Transition(id=ids[name]))
-        return self._call(self._change, request, timeout).success
+        success = self._call(self._change, request, timeout).success
+        return success and (not expected or self.state() == expected)
 
     def set_parameters(self, timeout: float = 30.0, **values) -> None:
-        """Set parameters (names with '.' given as '__', e.g. llm__model_path)."""
+        """Set parameters: names with '.' given as '__' (llm__model_path) or passed as a dict
+        (**{"vad.end_silence_ms": 300})."""
         from rcl_interfaces.srv import SetParameters
         from rclpy.parameter import Parameter
 

@@ -11,69 +11,10 @@ import time
 import cv2
 import numpy as np
 import pytest
-from conftest import unique_namespace, wait_for
+from conftest import LifecycleClient, unique_namespace, wait_for
 from speech_samples import synthesize_wav
 
 pytestmark = pytest.mark.ros
-
-
-class Lifecycle:
-    """Client of one node's ~/change_state, ~/get_state and ~/set_parameters."""
-
-    def __init__(self, ros_node, namespace: str, name: str) -> None:
-        from lifecycle_msgs.srv import ChangeState, GetState
-        from rcl_interfaces.srv import SetParameters
-
-        base = f"{namespace}/{name}"
-        self._change = ros_node.create_client(ChangeState, f"{base}/change_state")
-        self._get = ros_node.create_client(GetState, f"{base}/get_state")
-        self._set = ros_node.create_client(SetParameters, f"{base}/set_parameters")
-        self._types = ChangeState, GetState, SetParameters
-
-    def wait_ready(self, process, timeout: float = 30.0) -> None:
-        clients = (self._change, self._get, self._set)
-        ok = wait_for(lambda: all(c.service_is_ready() for c in clients), timeout)
-        assert ok, f"lifecycle services did not appear:\n{process.log}"
-        # The first reply after discovery can be lost (rmw_fastrtps): retry get_state until
-        # one arrives, so later calls are answered.
-        assert wait_for(lambda: self.state(timeout=2.0) != "", timeout), process.log
-
-    def state(self, timeout: float = 10.0) -> str:
-        future = self._get.call_async(self._types[1].Request())
-        if not wait_for(future.done, timeout):
-            return ""
-        return future.result().current_state.label
-
-    def transition(self, name: str, expected: str, timeout: float = 30.0) -> bool:
-        """Request a transition; True when it succeeded (the node reached `expected`)."""
-        from lifecycle_msgs.msg import Transition
-
-        ids = {
-            "configure": Transition.TRANSITION_CONFIGURE,
-            "activate": Transition.TRANSITION_ACTIVATE,
-            "deactivate": Transition.TRANSITION_DEACTIVATE,
-            "cleanup": Transition.TRANSITION_CLEANUP,
-        }
-        future = self._change.call_async(
-            self._types[0].Request(transition=Transition(id=ids[name]))
-        )
-        if wait_for(future.done, timeout):
-            return future.result().success and self.state() == expected
-        # No reply (lost on the way): the state says whether it happened.
-        return self.state() == expected
-
-    def set(self, **values) -> None:
-        from rcl_interfaces.msg import Parameter
-        from rclpy.parameter import Parameter as RclpyParameter
-
-        parameters = [
-            Parameter(name=k, value=RclpyParameter(k, value=v).get_parameter_value())
-            for k, v in values.items()
-        ]
-        future = self._set.call_async(self._types[2].Request(parameters=parameters))
-        assert wait_for(future.done, 10), "set_parameters timed out"
-        results = future.result().results
-        assert all(r.successful for r in results), [r.reason for r in results]
 
 
 # ---- tts_node --------------------------------------------------------------------------------
@@ -90,8 +31,8 @@ def test_tts_node_lifecycle(ros_node, start_node, tmp_path):
         params={"output": str(first), "autostart": False},
         params_file=None,
     )
-    life = Lifecycle(ros_node, namespace, "tts_node")
-    life.wait_ready(process)
+    life = LifecycleClient(ros_node, f"{namespace}/tts_node")
+    life.wait(process=process)
     say_client = ros_node.create_client(Say, f"{namespace}/say")
     assert wait_for(say_client.service_is_ready, 20)
 
@@ -116,12 +57,12 @@ def test_tts_node_lifecycle(ros_node, start_node, tmp_path):
     assert life.transition("cleanup", "unconfigured"), process.log
 
     # A bad voice fails configure (one clear line) and leaves the node unconfigured.
-    life.set(voice="xx-no-such-voice")
+    life.set_parameters(voice="xx-no-such-voice")
     assert not life.transition("configure", "inactive")
     assert life.state() == "unconfigured"
     assert any("xx-no-such-voice" in line for line in process.log_lines), process.log
     # Fixed, with another output directory: the next configure uses it.
-    life.set(voice="en-gb", output=str(second))
+    life.set_parameters(voice="en-gb", output=str(second))
     assert life.transition("configure", "inactive"), process.log
     assert life.transition("activate", "active"), process.log
     assert say("Somewhere else.").success
@@ -178,9 +119,9 @@ def test_camera_node_lifecycle(ros_node, start_node, tmp_path):
         params={"source": str(tmp_path), "rate_hz": 8.0, "max_side": 80, "autostart": False},
         params_file=None,
     )
-    life = Lifecycle(ros_node, namespace, "camera_node")
+    life = LifecycleClient(ros_node, f"{namespace}/camera_node")
     frames = Frames(ros_node, namespace)
-    life.wait_ready(process)
+    life.wait(process=process)
     assert life.transition("configure", "inactive"), process.log
     assert frames.stays_quiet(1.0), "an inactive camera publishes nothing"
     assert life.transition("activate", "active"), process.log
@@ -193,10 +134,10 @@ def test_camera_node_lifecycle(ros_node, start_node, tmp_path):
     assert life.transition("deactivate", "inactive")
     assert life.transition("cleanup", "unconfigured"), process.log
 
-    life.set(source=str(tmp_path / "nowhere"))
+    life.set_parameters(source=str(tmp_path / "nowhere"))
     assert not life.transition("configure", "inactive")
     assert life.state() == "unconfigured"
-    life.set(source=str(tmp_path), max_side=40)
+    life.set_parameters(source=str(tmp_path), max_side=40)
     assert life.transition("configure", "inactive"), process.log
     assert life.transition("activate", "active"), process.log
     assert frames.arrives(), process.log
@@ -238,8 +179,8 @@ def test_microphone_node_lifecycle(ros_node, start_node, tmp_path):
         },
         params_file=None,
     )
-    life = Lifecycle(ros_node, namespace, "microphone_node")
-    life.wait_ready(process)
+    life = LifecycleClient(ros_node, f"{namespace}/microphone_node")
+    life.wait(process=process)
     assert life.transition("configure", "inactive"), process.log
     assert life.transition("activate", "active"), process.log
     assert wait_for(lambda: count() >= 5, 20), process.log
@@ -257,10 +198,10 @@ def test_microphone_node_lifecycle(ros_node, start_node, tmp_path):
     assert life.transition("deactivate", "inactive")
     assert life.transition("cleanup", "unconfigured"), process.log
 
-    life.set(wav_file=str(tmp_path / "nope.wav"))
+    life.set_parameters(wav_file=str(tmp_path / "nope.wav"))
     assert not life.transition("configure", "inactive")
     assert life.state() == "unconfigured"
-    life.set(wav_file=str(path), chunk_ms=50)
+    life.set_parameters(wav_file=str(path), chunk_ms=50)
     assert life.transition("configure", "inactive"), process.log
     before = count()
     assert life.transition("activate", "active"), process.log

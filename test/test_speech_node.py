@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import unique_namespace, wait_for
+from conftest import LifecycleClient, unique_namespace, wait_for
 from speech_samples import read_wav, synthesize_wav
 
 pytestmark = [pytest.mark.ros, pytest.mark.model]
@@ -376,7 +376,6 @@ def test_lifecycle_configure_activate_deactivate_reactivate_with_new_parameters(
     the next activate (a 0.55 s pause then splits the sentence); after cleanup, a missing
     model fails configure and leaves it unconfigured, and a fixed one with another
     stt.beam_size configures again."""
-    from test_device_lifecycle import Lifecycle
 
     namespace = unique_namespace("speechlife")
     process = start_node(
@@ -392,8 +391,8 @@ def test_lifecycle_configure_activate_deactivate_reactivate_with_new_parameters(
             **FAST_DIAGNOSTICS,
         },
     )
-    life = Lifecycle(ros_node, namespace, "speech_node")
-    life.wait_ready(process)
+    life = LifecycleClient(ros_node, f"{namespace}/speech_node")
+    life.wait(process=process)
     harness = SpeechHarness(ros_node, namespace)
     harness.wait_connected(process, timeout=60)
     samples, rate = pause_clip(
@@ -432,7 +431,7 @@ def test_lifecycle_configure_activate_deactivate_reactivate_with_new_parameters(
 
     assert life.transition("deactivate", "inactive"), process.log
     assert finals_after(expect=0) == []
-    life.set(**{"vad.end_silence_ms": 300})
+    life.set_parameters(**{"vad.end_silence_ms": 300})
     assert life.transition("activate", "active"), process.log
     diag = harness.fresh_diagnostics()
     assert diag["end_silence_ms"] == "300" and diag["lifecycle"] == "active", diag
@@ -445,12 +444,12 @@ def test_lifecycle_configure_activate_deactivate_reactivate_with_new_parameters(
     assert harness.fresh_diagnostics()["lifecycle"] == "unconfigured"
     # A model directory that does not exist: configure fails with one clear line.
     missing = tmp_path / "no-such-model"
-    life.set(**{"stt.model_path": str(missing)})
+    life.set_parameters(**{"stt.model_path": str(missing)})
     assert not life.transition("configure", "inactive")
     assert life.state() == "unconfigured"
     assert any(str(missing) in line for line in process.log_lines), process.log
     # Fixed, with greedy decoding this time: configured and listening again.
-    life.set(**{"stt.model_path": "", "stt.beam_size": 1, "vad.end_silence_ms": 700})
+    life.set_parameters(**{"stt.model_path": "", "stt.beam_size": 1, "vad.end_silence_ms": 700})
     assert life.transition("configure", "inactive"), process.log
     assert life.transition("activate", "active"), process.log
     (final,) = finals_after()
