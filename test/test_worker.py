@@ -142,3 +142,27 @@ def test_nothing_is_taken_after_stop():
     _put(worker, queue, "late")
     time.sleep(0.1)
     assert list(queue) == ["late"]
+
+
+def test_request_stop_takes_nothing_more_so_the_owner_can_fail_the_queue_before_the_join():
+    inside, release = threading.Event(), threading.Event()
+    done = []
+
+    def process(item):
+        inside.set()
+        release.wait(10)
+        done.append(item)
+
+    queue, worker = _queue_worker(process)
+    worker.start()
+    _put(worker, queue, "running")
+    _put(worker, queue, "queued")
+    assert inside.wait(10)
+    worker.request_stop()
+    assert worker.stopping and worker.preempt.is_set() and worker.current == "running"
+    release.set()  # the running item returns; the queued one must not be taken now
+    assert wait_for(lambda: not worker.running)
+    with worker.cond:
+        assert queue.drain() == ["queued"]
+    assert done == ["running"]
+    assert worker.stop(5.0)

@@ -157,14 +157,21 @@ class WorkerThread(Generic[T]):
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
 
+    def request_stop(self) -> None:
+        """The first half of stop(), without the join: nothing is taken any more and
+        `preempt` is set. Lets the owner fail what is still queued, and cancel `current`,
+        knowing the thread takes nothing new meanwhile; then stop() joins."""
+        with self.cond:
+            self._stopping = True
+            self.cond.notify_all()
+        self.preempt.set()
+
     def stop(self, timeout: float = 5.0, then: Callable[[], None] | None = None) -> bool:
         """Stop the thread; True when it has exited within `timeout`. `then` runs once it
         has left the item it was processing (see the class doc)."""
+        self.request_stop()
         with self.cond:
-            self._stopping = True
             thread = self._thread
-            self.cond.notify_all()
-        self.preempt.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         with self._exit_lock:
