@@ -78,6 +78,7 @@ PROMPTS = (
     "How do I make tea?",
 )
 SEED = 42
+NODE_MODULE = "smolfusion_ros.nodes.fusion_node"
 TOTAL_TARGET = 1.10
 TTFT_TARGET = 1.25
 QUIET_THRESHOLD = 0.10  # wait before each call until others use < 10 % of all CPUs
@@ -96,6 +97,11 @@ class Sample:
     server_ttft_s: float | None = None
     server_latency_s: float | None = None
     foreign_cpu: float = 0.0  # share of all CPUs used by other processes meanwhile (0..1)
+    # CPU seconds this (client) process and the node process used during the call: on a
+    # ROS path the client's is ROS overhead competing with the node's llama.cpp threads;
+    # on the direct path the node's is idle work competing with the direct model.
+    client_cpu_s: float = 0.0
+    node_cpu_s: float = 0.0
     # What went into the prompt besides the question: the scene text of the context block
     # (direct: the one the bench sent; ROS: the one the node reports it used), the knowledge
     # chunks the node added and whether the LLM answered at all (source "llm", not a rule).
@@ -136,7 +142,9 @@ def llm_settings(args: argparse.Namespace, yaml_path: Path) -> dict:
     return llm
 
 
-def start_node(llm: dict, yaml_path: Path, env: dict, log_path: Path) -> subprocess.Popen:
+def start_node(
+    llm: dict, yaml_path: Path, env: dict, log_path: Path, trace: Path | None = None
+) -> subprocess.Popen:
     overrides = [
         "llm.model",
         "llm.n_ctx",
@@ -149,10 +157,12 @@ def start_node(llm: dict, yaml_path: Path, env: dict, log_path: Path) -> subproc
         "llm.repeat_penalty",
         "llm.seed",
     ]
+    # --trace: the same node through bench/_chat_trace.py, which wraps the engine's methods
+    # in that process to write a per-request timeline (nothing in the package changes).
+    entry = [str(ROOT / "bench" / "_chat_trace.py")] if trace else ["-m", NODE_MODULE]
     cmd = [
         sys.executable,
-        "-m",
-        "smolfusion_ros.nodes.fusion_node",
+        *entry,
         "--ros-args",
         "--params-file",
         str(yaml_path),
@@ -168,10 +178,30 @@ def start_node(llm: dict, yaml_path: Path, env: dict, log_path: Path) -> subproc
     # A fresh ROS_HOME: the node keeps conversations in its memory database, and history from
     # an earlier run would lengthen this run's prompts (the direct baseline has none).
     env = env | {"ROS_HOME": tempfile.mkdtemp(prefix="bench-chat-ros-home-")}
+    if trace:
+        trace.write_text("")
+        env["SMOLFUSION_CHAT_TRACE"] = str(trace)
     with open(log_path, "a") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             cmd, env=env, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT
         )
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds all threads of `pid` ran so far (schedstat: ns resolution; a call lasts
+    tens of ms and stat's ticks are 10 ms)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
 
 
 def stop_node(proc: subprocess.Popen) -> None:
@@ -370,6 +400,8 @@ def summarise(samples: list[Sample]) -> dict:
         "server_ttft_s": median([s.server_ttft_s for s in samples]),
         "server_latency_s": median([s.server_latency_s for s in samples]),
         "tokens": median([s.tokens for s in samples]),
+        "client_cpu_s": median([s.client_cpu_s for s in samples]),
+        "node_cpu_s": median([s.node_cpu_s for s in samples]),
     }
 
 
@@ -386,6 +418,61 @@ def print_table(rows: list[tuple[str, dict]]) -> None:
             f"{label:<34}{s['n']:>4}{ms(s['ttft_s']):>10}{ms(s['total_s']):>10}"
             f"{ms(s['server_ttft_s']):>11}{ms(s['server_latency_s']):>12}{tokens:>8}"
         )
+
+
+def trace_summary(path: Path, warmup_sessions: set[str]) -> dict:
+    """Medians of the node's per-request timeline (bench/_chat_trace.py) by path, from
+    submission (ms): taken up by the engine thread, session switched, back end called,
+    first token; prompt tokens evaluated; background work running at submission; CPU ms
+    per thread class up to the first token."""
+    answers, background = [], []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        (answers if record["kind"] == "answer" else background).append(record)
+    out: dict = {"background_steps": {}}
+    for record in background:
+        what = record["what"].split(":", 1)[0]
+        entry = out["background_steps"].setdefault(what, {"n": 0, "preempted": 0, "ms": []})
+        entry["n"] += 1
+        entry["preempted"] += int(record["preempted"])
+        entry["ms"].append(record["ms"])
+    for entry in out["background_steps"].values():
+        entry["ms"] = median(entry["ms"])
+    for source in ("action", "service"):
+        rows = [
+            r
+            for r in answers
+            if r["source"] == source
+            and r["session"].startswith("bench-")
+            and not r["session"].startswith("bench-probe")
+            and r["session"] not in warmup_sessions
+        ]
+        if not rows:
+            continue
+        summary: dict = {"n": len(rows)}
+        for key in (
+            "taken_up_ms",
+            "use_session_ms",
+            "session_switched_ms",
+            "backend_called_ms",
+            "first_token_ms",
+            "prompt_tokens_evaluated",
+            "prompt_tokens",
+            "n_tokens_cached",
+        ):
+            summary[key] = median([r.get(key) for r in rows])
+        summary["background_at_submit"] = sum(bool(r["background_running"]) for r in rows)
+        summary["engine_busy_at_submit"] = sum(bool(r["engine_busy"]) for r in rows)
+        classes = sorted({c for r in rows for c in r.get("cpu_to_first_token", {})})
+        summary["cpu_ms_to_first_token"] = {
+            c: round(1000 * median([r.get("cpu_to_first_token", {}).get(c, 0.0) for r in rows]), 2)
+            for c in classes
+        }
+        summary["cpu_ms_to_first_token_total"] = round(
+            1000 * median([sum(r.get("cpu_to_first_token", {}).values()) for r in rows]), 2
+        )
+        out[source] = summary
+    return out
 
 
 def ratio(num: float | None, den: float | None) -> float | None:
@@ -415,6 +502,25 @@ def parse_args() -> argparse.Namespace:
         help="longest wait for a quiet machine before each call, s (default 60)",
     )
     parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=0.0,
+        help="pause before each call once the machine is quiet, s (default 0): what a person's "
+        "pause gives the node's idle work (session prefix, summaries) to finish",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="run the node through bench/_chat_trace.py: a per-request timeline inside the "
+        "node (queue, session switch, first token, prompt tokens evaluated, background work "
+        "running at submission, CPU per thread), summarised at the end",
+    )
+    parser.add_argument(
+        "--no-background",
+        action="store_true",
+        help="with --trace: the node's engine does no background work (A/B of idle work)",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=RESULTS_DIR / "chat_latency.json",
@@ -425,6 +531,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    if args.no_background and not args.trace:
+        raise SystemExit("--no-background needs --trace")
     env = isolate_ros_environment()
 
     from llama_cpp import Llama
@@ -451,7 +559,9 @@ def main() -> int:
     load_start = load_text()
     print(load_start)
 
-    proc = start_node(settings, yaml_path, env, log_path)
+    trace_path = RESULTS_DIR / "chat_latency_trace.jsonl" if args.trace else None
+    node_env = env | ({"SMOLFUSION_TRACE_NO_BACKGROUND": "1"} if args.no_background else {})
+    proc = start_node(settings, yaml_path, node_env, log_path, trace_path)
     llm = client = None
     samples: list[Sample] = []
     waited = 0.0
@@ -501,8 +611,13 @@ def main() -> int:
                 calls = (direct, ros_call) if direct_first else (ros_call, direct)
                 for call in calls:
                     waited += monitor.wait_quiet(QUIET_THRESHOLD, args.quiet_timeout)
+                    if args.settle_s > 0:
+                        time.sleep(args.settle_s)
                     before = monitor.snapshot()
+                    cpu_before = (time.process_time(), process_cpu_s(proc.pid))
                     sample = call(prompt)
+                    sample.client_cpu_s = time.process_time() - cpu_before[0]
+                    sample.node_cpu_s = process_cpu_s(proc.pid) - cpu_before[1]
                     sample.foreign_cpu = monitor.foreign(before, monitor.snapshot())
                     if sample.path == "direct":
                         sample.path = pair
@@ -571,6 +686,22 @@ def main() -> int:
         ]
     )
     print("(TTFT/total: client side; node TTFT/total: measured inside the node's engine)")
+    print(
+        "CPU ms during a call (median), client process / node process: "
+        + "; ".join(
+            f"{name} {ms(summary[name]['client_cpu_s'])} / {ms(summary[name]['node_cpu_s'])}"
+            for name in ("direct_vs_action", "direct_vs_service", "ros_action", "ros_service")
+        )
+    )
+    traced = None
+    if trace_path is not None:
+        warmup_sessions = {
+            f"bench-{rep}-{kind}" for rep in range(args.warmup) for kind in ("action", "service")
+        }
+        traced = trace_summary(trace_path, warmup_sessions)
+        print(f"node timeline (--trace, {trace_path}):")
+        for key, value in traced.items():
+            print(f"  {key}: {value}")
     print()
     print(f"tokens per answer  direct/action : {[s.tokens for s in direct_action]}")
     print(f"                   ROS action    : {[s.tokens for s in action]}")
@@ -640,6 +771,9 @@ def main() -> int:
         "paired_ratios": paired,
         "disturbed_samples": f"{disturbed}/{len(measured)}",
         "quiet_wait_s": waited,
+        "settle_s": args.settle_s,
+        "trace": traced,
+        "no_background": args.no_background,
         "targets": {"total_ratio": TOTAL_TARGET, "ttft_ratio": TTFT_TARGET},
         "same_tokens": f"{token_match}/{len(pairs)}",
         "same_text": f"{text_match}/{len(pairs)}",

@@ -1,0 +1,232 @@
+"""fusion_node with a per-request timeline, for bench_chat_latency.py --trace (off by default).
+
+Run instead of ``python -m smolfusion_ros.nodes.fusion_node`` with the same arguments; the
+environment variable SMOLFUSION_CHAT_TRACE names a JSON-lines file that receives one record per
+answered request and one per unit of background work. Nothing in the package changes: the
+methods are wrapped here, in this process only, so the trace measures the code as shipped
+(plus a few microseconds of bookkeeping per request).
+
+Per request: when it was submitted, what the engine thread was doing then (answering, a
+background step and which kind, idle), when the engine took it up, how long the session
+switch (use_session: saving the previous session's KV state) and prompt building took, when
+the back end was called and yielded its first token, how many prompt tokens it evaluated and
+how many the KV cache held before, and the CPU time every thread of this process used
+between submission and the first token (the llama.cpp compute threads against the ROS
+executor and DDS threads: on 2 cores any other runnable thread stalls the decode).
+
+Env switches for A/B runs (each off unless set to 1):
+  SMOLFUSION_TRACE_NO_BACKGROUND  the engine does no background work (prefill, warm, summary)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+TRACE_PATH = os.environ.get("SMOLFUSION_CHAT_TRACE", "")
+NO_BACKGROUND = os.environ.get("SMOLFUSION_TRACE_NO_BACKGROUND") == "1"
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """tid -> (kernel thread name, user+system CPU seconds) for every thread of this process."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+            # schedstat: time on a CPU in ns (stat's utime/stime tick at 10 ms, too coarse
+            # for a 70 ms window).
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                ran = int(f.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue
+        out[int(tid)] = (name, ran)
+    return out
+
+
+def cpu_delta(before: dict, after: dict, labels: dict[int, str]) -> dict[str, float]:
+    """CPU seconds per thread class between two thread_cpu() snapshots."""
+    classes: dict[str, float] = {}
+    for tid, (name, cpu) in after.items():
+        used = cpu - before.get(tid, (name, 0.0))[1]
+        if used <= 0:
+            continue
+        label = labels.get(tid) or f"native:{name}"
+        classes[label] = round(classes.get(label, 0.0) + used, 4)
+    return classes
+
+
+class Tracer:
+    def __init__(self, path: str) -> None:
+        self._lock = threading.Lock()
+        self._file = open(path, "a", buffering=1)  # noqa: SIM115 - open for the process
+        self.background: tuple[str, float] | None = None  # (kind, started) while one runs
+        self.engine_tid = 0
+        self.jobs: dict[str, dict] = {}
+
+    def write(self, record: dict) -> None:
+        with self._lock:
+            self._file.write(json.dumps(record) + "\n")
+
+    def labels(self) -> dict[int, str]:
+        """Python thread names by native id; the engine thread (which also runs one of the
+        llama.cpp compute threads' share) is 'chat-engine'."""
+        return {t.native_id: t.name for t in threading.enumerate() if t.native_id}
+
+
+def install(tracer: Tracer) -> None:
+    from smolfusion_ros.backends.llm import llama_cpp_backend
+    from smolfusion_ros.core import chat_engine
+
+    engine_cls = chat_engine.ChatEngine
+    backend_cls = llama_cpp_backend.LlamaCppChatBackend
+
+    submit = engine_cls.submit
+
+    def traced_submit(self, request, listener=None):
+        cpu = thread_cpu()
+        job = submit(self, request, listener)
+        background = tracer.background
+        record = {
+            "request_id": job.request_id,
+            "session": request.session_id,
+            "source": request.source,
+            "submitted": job.submitted_at,
+            "engine_busy": self._current is not None,
+            "background_running": background[0] if background else "",
+            "background_for_s": (job.submitted_at - background[1]) if background else None,
+            "_cpu0": cpu,
+        }
+        tracer.jobs[job.request_id] = record
+        return job
+
+    engine_cls.submit = traced_submit
+
+    answer = engine_cls._answer
+
+    def traced_answer(self, job):
+        record = tracer.jobs.get(job.request_id)
+        if record is not None:
+            record["taken_up"] = time.monotonic()
+            record["aborts_before"] = getattr(self.backend, "aborts", 0)
+            record["n_tokens_cached"] = getattr(getattr(self.backend, "_llm", None), "n_tokens", -1)
+            tracer.current = record
+        try:
+            answer(self, job)
+        finally:
+            tracer.current = None
+            if record is not None:
+                record["done"] = time.monotonic()
+                cpu0 = record.pop("_cpu0")
+                cpu1 = record.pop("_cpu1", None)
+                labels = tracer.labels()
+                if cpu1 is not None:
+                    record["cpu_to_first_token"] = cpu_delta(cpu0, cpu1, labels)
+                record["cpu_to_done"] = cpu_delta(cpu0, thread_cpu(), labels)
+                t0 = record["submitted"]
+                for key in (
+                    "taken_up",
+                    "session_switched",
+                    "backend_called",
+                    "first_token",
+                    "done",
+                ):
+                    if key in record:
+                        record[key + "_ms"] = round((record.pop(key) - t0) * 1000, 2)
+                record["submitted"] = round(t0, 4)
+                record["use_session_ms"] = round(record.get("use_session_ms", 0.0), 3)
+                tracer.write({"kind": "answer", **record})
+                tracer.jobs.pop(job.request_id, None)
+
+    engine_cls._answer = traced_answer
+    tracer.current = None
+
+    use_session = backend_cls.use_session
+
+    def traced_use_session(self, session_id):
+        began = time.monotonic()
+        use_session(self, session_id)
+        record = tracer.current
+        if record is not None and tracer.background is None:
+            record["use_session_ms"] = (time.monotonic() - began) * 1000
+            record["session_switched"] = time.monotonic()
+
+    backend_cls.use_session = traced_use_session
+
+    stream_chat = backend_cls.stream_chat
+
+    def traced_stream_chat(self, messages, settings, cancel):
+        record = tracer.current if tracer.background is None else None
+        if record is not None:
+            record["backend_called"] = time.monotonic()
+        first = True
+        for delta in stream_chat(self, messages, settings, cancel):
+            if first and record is not None:
+                first = False
+                record["first_token"] = time.monotonic()
+                record["_cpu1"] = thread_cpu()
+                record["prompt_tokens_evaluated"] = self.prompt_tokens_evaluated
+                record["prompt_tokens"] = self._prompt_end
+            yield delta
+
+    backend_cls.stream_chat = traced_stream_chat
+
+    background_step = engine_cls._background_step
+
+    def traced_background_step(self):
+        if NO_BACKGROUND:
+            with self._cond:  # drop it all: the A/B switch "no idle work"
+                self._prefill_pending = None
+                self._warm_due.clear()
+            self._summary_due.clear()
+            return
+        with self._cond:
+            if self._prefill_pending is not None:
+                kind = "prefill"
+            elif self._warm_due:
+                kind = "warm:" + next(iter(self._warm_due))
+            elif self._summary_due:
+                kind = "summary"
+            else:
+                kind = "nothing"
+        aborts = getattr(self.backend, "aborts", 0)
+        began = time.monotonic()
+        tracer.background = (kind, began)
+        try:
+            background_step(self)
+        finally:
+            tracer.background = None
+            ended = time.monotonic()
+            tracer.write(
+                {
+                    "kind": "background",
+                    "what": kind,
+                    "started": round(began, 4),
+                    "ms": round((ended - began) * 1000, 2),
+                    "preempted": self._preempt.is_set(),
+                    "aborted": getattr(self.backend, "aborts", 0) - aborts,
+                    "abort_delay_ms": round(
+                        getattr(self.backend, "last_abort_delay_s", 0) * 1000, 2
+                    ),
+                    "stats": {
+                        k: getattr(self.stats, k)
+                        for k in ("warmups", "prefills", "summaries", "summaries_preempted")
+                    },
+                }
+            )
+
+    engine_cls._background_step = traced_background_step
+
+
+def main() -> None:
+    if TRACE_PATH:
+        install(Tracer(TRACE_PATH))
+    from smolfusion_ros.nodes.fusion_node import main as node_main
+
+    node_main()
+
+
+if __name__ == "__main__":
+    main()
