@@ -364,7 +364,11 @@ def test_vision_interval_is_taken_by_the_running_scene_loop(ros_node, start_node
     process = start_node(
         "smolfusion_ros.nodes.fusion_node",
         namespace,
-        params={"vision.backend": "perception", "vision.interval_s": 3600.0, "vision.greeting": ""},
+        params={
+            "vision.backend": "perception",
+            "vision.interval_s": 3600.0,
+            "vision.greeting": "''",
+        },
     )
     scenes: list[float] = []
     lock = threading.Lock()
