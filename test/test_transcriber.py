@@ -337,6 +337,8 @@ def test_a_failing_recogniser_is_counted_and_the_worker_goes_on(phrases):
         feed(transcriber, silence(0.3), tone, silence(0.6), tone, silence(0.6))
         assert wait_for(lambda: out.finals())
         assert transcriber.stats()["errors"] == 1 and "decoder exploded" in out.errors[0]
+        stats = transcriber.stats()  # the finals queue's counts, as on /diagnostics
+        assert stats["finals_accepted"] >= 1 and stats["finals_dropped"] == 0, stats
         assert [r.text for r in out.finals()] == ["hello there."]
     finally:
         transcriber.close()
