@@ -188,7 +188,8 @@ def test_stop_mutes_the_rest_of_a_streamed_answer(engine, tmp_path):
 
 def test_speaking_holds_between_sentences_and_close_does_not_wait_for_the_hold(engine, monkeypatch):
     """A pause shorter than the hold is no end of speech; the hold (10 s here, 0.25 s in use,
-    so that the gap between the two says never decides the outcome) does not delay close."""
+    so that the gap between the two says never decides the outcome) ends on stop and does
+    not delay close."""
     from smolfusion_ros.core import speech_output
 
     monkeypatch.setattr(speech_output, "SPEAKING_HOLD_S", 10.0)
@@ -199,6 +200,9 @@ def test_speaking_holds_between_sentences_and_close_does_not_wait_for_the_hold(e
     second = speech.say("Two.")  # queued after the first was spoken, within the hold
     assert second.done.wait(30) and second.success, second.error
     assert recorder.speaking == [True], "still speaking during the hold"
+    speech.stop()  # a stop in the hold ends it: quiet well before the 10 s
+    assert wait_for(lambda: recorder.speaking == [True, False], 5), recorder.speaking
+    assert speech.say("Three.").done.wait(30)
     speech.close()  # joins the worker for up to 5 s: it is woken, not left in the hold
     assert not speech._worker.running
 

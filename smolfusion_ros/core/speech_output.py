@@ -264,6 +264,9 @@ class SpeechOutput:
             self._muted.extend(self._splitters)
             self._splitters.clear()
             self._stats.stopped += len(dropped)
+            if self._quiet_at is not None:  # stopped in the hold after a sentence: quiet now
+                self._quiet_at = 0.0
+                self._worker.cond.notify()
         for job in dropped:
             job.finish(False, reason)
         return len(dropped)
