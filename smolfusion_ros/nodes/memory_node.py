@@ -211,7 +211,7 @@ class MemoryNode(ManagedNode):
             for turn in self.store.turns_after(self._announced_up_to):
                 self._events.publish(
                     MemoryEvent(
-                        stamp=stamp_from_wall(),
+                        stamp=self.get_clock().now().to_msg(),
                         event=MemoryEvent.EVENT_APPENDED,
                         session_id=turn.session_id,
                         turn_id=turn.turn_id,
@@ -237,7 +237,7 @@ class MemoryNode(ManagedNode):
         response.turns_deleted = self.store.clear_session(request.session_id)
         self._events.publish(
             MemoryEvent(
-                stamp=stamp_from_wall(),
+                stamp=self.get_clock().now().to_msg(),
                 event=MemoryEvent.EVENT_CLEARED,
                 session_id=request.session_id,
             )
