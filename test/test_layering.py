@@ -20,7 +20,13 @@ PACKAGE = Path(smolfusion_ros.__file__).parent
 # Leaf modules: core/ and memory/ both import them, so they import nothing from this package.
 LEAF_MODULES = ("ids.py", "turns.py")
 ROS_MODULES = ("rclpy", "rcl_interfaces", "std_msgs", "sensor_msgs", "diagnostic_msgs")
-CLOCK_STAMPED_NODES = ("tts_node.py", "camera_node.py", "microphone_node.py")
+# Wall-clock reads allowed in nodes/, each with why it is not a message stamp.
+WALL_CLOCK_READS = {
+    # The gateway reports how long ago it received the newest scene: its own receive times.
+    "gateway_node.py",
+}
+# core/ objects that compare times with received header stamps take a `now` clock instead.
+CLOCKED_CORE = ("scene.py", "transcriber.py")
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -68,8 +74,35 @@ def test_core_and_io_are_ros_free(path):
     assert not ros and not nodes, f"{path.parent.name}/{path.name} imports {sorted(ros | nodes)}"
 
 
-@pytest.mark.parametrize("name", CLOCK_STAMPED_NODES)
-def test_node_stamps_come_from_the_node_clock(name):
-    source = (PACKAGE / "nodes" / name).read_text()
-    assert "stamp_from_wall" not in source
-    assert "time.time()" not in source
+def calls(path: Path) -> list[ast.Call]:
+    return [n for n in ast.walk(ast.parse(path.read_text(), str(path))) if isinstance(n, ast.Call)]
+
+
+def is_call_of(call: ast.Call, dotted: str) -> bool:
+    func, parts = call.func, dotted.split(".")
+    if len(parts) == 1:
+        return isinstance(func, ast.Name) and func.id == parts[0]
+    return (
+        isinstance(func, ast.Attribute)
+        and func.attr == parts[1]
+        and isinstance(func.value, ast.Name)
+        and func.value.id == parts[0]
+    )
+
+
+@pytest.mark.parametrize("path", modules_of("nodes"), ids=lambda p: p.name)
+def test_node_stamps_come_from_the_node_clock(path):
+    own = calls(path)
+    # stamp_from_wall(x) converts a stored wall time (a turn's date); with no argument it
+    # would stamp a message with the wall clock's now.
+    bare = [c.lineno for c in own if is_call_of(c, "stamp_from_wall") and not c.args]
+    assert not bare, f"{path.name}: stamp_from_wall() at lines {bare}: use get_clock().now()"
+    if path.name != "conversions.py" and path.name not in WALL_CLOCK_READS:
+        wall = [c.lineno for c in own if is_call_of(c, "time.time")]
+        assert not wall, f"{path.name}: time.time() at lines {wall}: use the node clock"
+
+
+@pytest.mark.parametrize("name", CLOCKED_CORE)
+def test_core_compares_stamps_on_the_given_clock(name):
+    wall = [c.lineno for c in calls(PACKAGE / "core" / name) if is_call_of(c, "time.time")]
+    assert not wall, f"core/{name}: time.time() at lines {wall}: call the `now` clock it takes"
