@@ -13,6 +13,10 @@ Lifecycle:   a managed node (nodes/managed.py): ~/get_state, ~/change_state, ...
 Parameters:  llm.* (back end, model, threads, context, sampling), chat.* (limits, queue),
              persona.*, session.*, memory.* (SQLite file, summaries), vision.* (back end,
              model, scene loop, routing patterns, greeting); config/cpu_demo.yaml has each.
+             Read at configure: set them while the node is unconfigured (deactivate,
+             cleanup, ros2 param set, configure); vision.interval_s takes ros2 param set at
+             once; vision.frame_topic, knowledge.node, diagnostics_period_s and autostart
+             are read-only (parameter_specs() is the table; nodes/parameters.py).
 
 All model work runs on the chat engine's thread (LLM) and the vision worker's thread (vision
 model); callbacks only validate, queue and wait. A visual turn asks the vision model about the
