@@ -254,6 +254,25 @@ def test_stop_fails_waiting_jobs_instead_of_leaving_them_hanging():
         engine.submit(ChatRequest(text="Hi", max_tokens=4))
 
 
+def test_a_stop_that_is_not_a_shutdown_tells_every_caller_its_own_reason():
+    engine = _engine(max_pending=3)
+    _wait_ready(engine)
+    started = threading.Event()
+    running = engine.submit(
+        ChatRequest(text="Write a long story.", session_id="a", max_tokens=400),
+        listener=lambda *_: started.set(),
+    )
+    waiting = engine.submit(ChatRequest(text="Hi", session_id="b", max_tokens=4))
+    assert started.wait(60)
+    engine.stop(reason="the node is being cleaned up")
+    for job in (running, waiting):
+        result = job.wait(60)
+        assert result is not None and not result.success
+        assert result.error == "the node is being cleaned up"
+    with pytest.raises(RequestRejected, match="the node is being cleaned up"):
+        engine.submit(ChatRequest(text="Hi", max_tokens=4))
+
+
 def test_a_restarted_engine_continues_the_conversation_from_sqlite(tmp_path):
     from smolfusion_ros.memory.session_store import PersistentSessionStore
     from smolfusion_ros.memory.store import MemoryStore

@@ -55,6 +55,7 @@ from smolfusion_ros.core.sessions import (
     plan_window,
 )
 from smolfusion_ros.core.summaries import build_summary_messages
+from smolfusion_ros.core.worker import WorkerThread
 from smolfusion_ros.dialogue.rules import RuleBook
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,10 @@ MAX_SUMMARY_SWITCHES = 256
 # (persona id, the person's words) -> (context text for the prompt, ids of the chunks in it);
 # ("", []) when nothing relevant. Called on the engine thread just before the prompt is built.
 KnowledgeLookup = Callable[[str, str], tuple[str, list[str]]]
+
+
+# What the worker takes when no job is ready but background work is due.
+_BACKGROUND = "background work"
 
 
 def next_prefix_session(session_id: str) -> str:
@@ -173,7 +178,9 @@ class ChatEngine:
         # Told once, from the engine thread, when loading ends (READY or FAILED, with detail).
         self._on_loaded = on_loaded or (lambda _state, _detail: None)
         # Jobs ready for the LLM, by submission order; visual jobs waiting for the vision
-        # model. Both count against max_pending. Guarded by _cond.
+        # model. Both count against max_pending. Guarded by _cond (the worker's).
+        # Not a BoundedQueue: a visual job re-enters by submission order (a heap), and the
+        # bound (max_pending) spans both collections.
         self._cond = threading.Condition()
         self._ready: list[tuple[int, ChatJob]] = []
         self._awaiting_vision: dict[str, tuple[ChatJob, VisualQuestion, float]] = {}
@@ -184,8 +191,7 @@ class ChatEngine:
         self._load_started = time.monotonic()
         self._observers: list[TokenListener] = []
         self._done_observers: list[Callable[[ChatJob], None]] = []
-        self._current: ChatJob | None = None
-        self._stop = threading.Event()
+        self._stop_reason = "the node is shutting down"
         # Background work, done only while no job is ready, highest priority first:
         # speculative prefill (newest only), sessions whose prefix should be evaluated
         # (a visual job's while the vision model looks; a session's after its summary),
@@ -204,46 +210,43 @@ class ChatEngine:
         # (session, stamp, words) -> the user message as evaluated (context block + words).
         self._evaluated: OrderedDict[tuple[str, float, str], str] = OrderedDict()
         self.stats = EngineStats()
-        self._thread = threading.Thread(target=self._run, name="chat-engine", daemon=True)
-        # stop() frees the model only once this thread has left it (see _run).
-        self._exit_lock = threading.Lock()
-        self._worker_exited = False
-        self._close_on_exit = False
+        # One thread loads the model, then answers jobs and does background work in the gaps.
+        self._worker: WorkerThread[ChatJob | str] = WorkerThread(
+            "chat-engine",
+            take=self._take,
+            process=self._process,
+            wait_s=self._next_vision_deadline,
+            setup=self._load,
+            on_error=self._failed,
+            cond=self._cond,
+            preempt=self._preempt,
+        )
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        self._thread.start()
+        self._worker.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._preempt.set()
-        current = self._current
-        if current is not None:
-            current.cancel("the node is shutting down")
+    def stop(self, timeout: float = 5.0, reason: str = "the node is shutting down") -> None:
+        """The running answer stops before its next token, background work is preempted,
+        every waiting caller gets success=false with `reason`; the model is freed only once
+        the worker has left it (freed under a slow load or decode, the process crashes)."""
+        self._stop_reason = reason
+        self._worker.request_stop()  # nothing is taken from here on; _preempt is set
         # Fail everything queued or waiting for vision so no caller waits forever.
         with self._cond:
+            current = self._worker.current
             waiting = [job for _, job in self._ready]
             waiting += [job for job, _, _ in self._awaiting_vision.values()]
             for _job, question, _deadline in self._awaiting_vision.values():
                 self._vision.withdraw(question)
             self._ready.clear()
             self._awaiting_vision.clear()
-            self._cond.notify_all()
+        if isinstance(current, ChatJob):
+            current.cancel(reason)
         for job in waiting:
-            self._finish(
-                job, ChatResult(False, "the node is shutting down", request_id=job.request_id)
-            )
-        self._thread.join(timeout)
+            self._finish(job, ChatResult(False, reason, request_id=job.request_id))
+        self._worker.stop(timeout, then=self.backend.close)
         self._state = EngineState.STOPPED
-        with self._exit_lock:
-            if self._thread.ident is not None and not self._worker_exited:
-                # Still inside a model call that did not yield in time (a slow load, a long
-                # decode on a GPU): freeing the model under it would crash the process, so
-                # the worker frees it as it leaves.
-                self._close_on_exit = True
-                log.warning("the model is freed once its running call returns")
-                return
-        self.backend.close()
 
     @property
     def state(self) -> EngineState:
@@ -260,7 +263,8 @@ class ChatEngine:
 
     @property
     def busy(self) -> bool:
-        return self._current is not None
+        """An answer is being generated (background work does not count)."""
+        return isinstance(self._worker.current, ChatJob)
 
     def add_token_observer(self, observer: TokenListener) -> None:
         """Called for every token of every answer (e.g. to publish response_stream)."""
@@ -419,11 +423,10 @@ class ChatEngine:
             "what you see, say that you can't see anything right now; never describe a scene"
         )
 
-    def _expire_vision(self) -> float | None:
-        """Withdraw visual questions past vision_timeout_s (their jobs go on without sight);
-        return the seconds until the next deadline. Caller holds _cond."""
+    def _expire_vision(self) -> None:
+        """Withdraw visual questions past vision_timeout_s (their jobs go on without sight).
+        Caller holds _cond."""
         now = time.monotonic()
-        nearest = None
         for key, (job, question, deadline) in list(self._awaiting_vision.items()):
             if now >= deadline:
                 del self._awaiting_vision[key]
@@ -433,9 +436,14 @@ class ChatEngine:
                     f"no visual answer within {self.settings.vision_timeout_s} s"
                 )
                 self._make_ready(job)
-            elif nearest is None or deadline - now < nearest:
-                nearest = deadline - now
-        return nearest
+
+    def _next_vision_deadline(self) -> float | None:
+        """Seconds until the nearest visual job expires; None when none waits (the worker
+        sleeps until woken). Caller holds _cond."""
+        if not self._awaiting_vision:
+            return None
+        nearest = min(deadline for _job, _question, deadline in self._awaiting_vision.values())
+        return max(0.0, nearest - time.monotonic())
 
     def _check_ready(self) -> None:
         if self._state is EngineState.LOADING:
@@ -443,62 +451,52 @@ class ChatEngine:
             raise RequestRejected(f"the language model is still loading ({waited:.1f} s so far)")
         if self._state is EngineState.FAILED:
             raise RequestRejected(f"the language model failed to load: {self._state_detail}")
-        if self._state is EngineState.STOPPED or self._stop.is_set():
-            raise RequestRejected("the node is shutting down")
+        if self._state is EngineState.STOPPED or self._worker.stopping:
+            raise RequestRejected(self._stop_reason)
 
     # ------------------------------------------------------------------- worker
-    def _run(self) -> None:
-        try:
-            self._serve()
-        finally:
-            with self._exit_lock:
-                self._worker_exited = True
-                close = self._close_on_exit
-            if close:
-                self.backend.close()
-
-    def _serve(self) -> None:
+    def _load(self) -> bool:
+        """The worker's setup: load the model and report READY or FAILED."""
         try:
             self.backend.load()
         except Exception as exc:
             self._state_detail = str(exc)
             self._state = EngineState.FAILED
             self._on_loaded(self._state, self._state_detail)
-            return
+            return False
         self._state_detail = (
             f"{self.backend.model_name} loaded in {time.monotonic() - self._load_started:.2f} s"
         )
         self._state = EngineState.READY
         self._on_loaded(self._state, self._state_detail)
-        while not self._stop.is_set():
-            job = self._next_job()
-            if job is None:
-                if not self._stop.is_set():
-                    self._background_step()
-                continue
-            self._current = job
-            try:
-                self._answer(job)
-            except Exception as exc:  # keep the worker alive whatever happens
-                log.exception("generation failed")
-                self._finish(
-                    job, ChatResult(False, f"generation failed: {exc}", request_id=job.request_id)
-                )
-            finally:
-                self._current = None
+        return True
 
-    def _next_job(self) -> ChatJob | None:
-        """The next ready job, or None when background work may run (or on stop)."""
-        with self._cond:
-            while not self._stop.is_set():
-                nearest = self._expire_vision() if self._awaiting_vision else None
-                if self._ready:
-                    return heapq.heappop(self._ready)[1]
-                if self._prefill_pending or self._warm_due or self._summary_due:
-                    self._preempt.clear()
-                    return None
-                self._cond.wait(nearest)
-            return None
+    def _take(self) -> ChatJob | str | None:
+        """The next ready job; else _BACKGROUND when background work is due; else None
+        (the worker sleeps until woken or the nearest visual deadline). Caller holds _cond."""
+        self._expire_vision()
+        if self._ready:
+            return heapq.heappop(self._ready)[1]
+        if self._prefill_pending or self._warm_due or self._summary_due:
+            self._preempt.clear()
+            return _BACKGROUND
+        return None
+
+    def _process(self, item: ChatJob | str) -> None:
+        if isinstance(item, ChatJob):
+            self._answer(item)
+        else:
+            self._background_step()
+
+    def _failed(self, item: ChatJob | str, exc: Exception) -> None:
+        """The worker goes on whatever happens; a failed answer tells its caller why."""
+        if not isinstance(item, ChatJob):
+            log.warning("background work failed: %s", exc)
+            return
+        log.error("generation failed", exc_info=exc)
+        self._finish(
+            item, ChatResult(False, f"generation failed: {exc}", request_id=item.request_id)
+        )
 
     def _background_step(self) -> None:
         """One unit of background work; gives way when a job becomes ready."""
@@ -507,15 +505,12 @@ class ChatEngine:
             warm = next(iter(self._warm_due), None) if request is None else None
             if warm is not None:
                 del self._warm_due[warm]
-        try:
-            if request is not None:
-                self._speculative_prefill(request)
-            elif warm is not None:
-                self._warm(warm)
-            elif self._summary_due:
-                self._summarize_next()
-        except Exception as exc:  # background work must never kill the worker
-            log.warning("background work failed: %s", exc)
+        if request is not None:
+            self._speculative_prefill(request)
+        elif warm is not None:
+            self._warm(warm)
+        elif self._summary_due:
+            self._summarize_next()
 
     def _use_session(self, session_id: str) -> None:
         use = getattr(self.backend, "use_session", None)

@@ -461,7 +461,10 @@ class FusionNode(ManagedNode):
         self.vision.start()
 
     def cleanup(self) -> None:
-        self._stop_engine()
+        # A lifecycle cleanup (e.g. to switch models) is not a shutdown: callers are told which.
+        self._stop_engine(
+            "the node is shutting down" if self._closing else "the node is being cleaned up"
+        )
         self.engine = None
         self.dialogue.close()
 
@@ -471,15 +474,15 @@ class FusionNode(ManagedNode):
         if self.context.ok():
             self._publish_diagnostics()
 
-    def _stop_engine(self) -> None:
+    def _stop_engine(self, reason: str = "the node is shutting down") -> None:
         """Stop the vision worker and the engine (idempotent): the running answer stops before
         its next token, a running summary is preempted, queued requests are answered with
-        success=false, then the models are freed."""
-        self.vision.close()
+        success=false and `reason`, then the models are freed."""
+        self.vision.close(reason)
         engine = self.engine
         if engine is not None and not self._engine_stopped:
             self._engine_stopped = True
-            engine.stop()
+            engine.stop(reason=reason)
             close = getattr(engine.sessions, "close", None) or getattr(
                 getattr(engine.sessions, "store", None), "close", None
             )
@@ -811,6 +814,12 @@ class FusionNode(ManagedNode):
                 self, "language model", level, message, engine.backend.model_name, values
             )
         )
+
+    def on_shutdown(self, state):
+        # A shutdown transition (`ros2 lifecycle set ... shutdown` or close()) runs cleanup:
+        # its callers are told the node is shutting down, not merely cleaned up.
+        self._closing = True
+        return super().on_shutdown(state)
 
     def begin_shutdown(self) -> None:
         """Answer everything in progress while the entities still exist (runner.shutdown).
