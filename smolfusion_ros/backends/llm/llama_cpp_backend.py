@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smolfusion_ros.backends.llama_cpp_stream import TokenStream
 from smolfusion_ros.backends.llm.base import ChatMessage, GenerationSettings, LLMBackendError
 
 log = logging.getLogger(__name__)
@@ -474,24 +475,15 @@ class LlamaCppChatBackend:
             stream = self._llm.create_chat_completion(
                 messages=list(messages), max_tokens=settings.max_tokens, **sampling
             )
-        preempted = False
+        tokens = TokenStream(
+            stream, cancel, interrupted_by=(_Preempted,), on_first_chunk=self._prompt_done
+        )
         try:
             if text:
                 yield text
-            for chunk in stream:
-                self._counting_prompt = False
-                if cancel.is_set():
-                    preempted = True
-                    break
-                choice = chunk["choices"][0]
-                delta = choice["text"] if "text" in choice else choice["delta"].get("content")
-                if delta:
-                    yield delta
-        except _Preempted:
-            preempted = True
-            return
+            yield from tokens
         finally:
-            if preempted and settings.preemptible:
+            if tokens.cancelled and settings.preemptible:
                 self._keep_for_resume(key)
             self._counting_prompt = False
             self._preemptible = False
@@ -500,8 +492,11 @@ class LlamaCppChatBackend:
             hooks.close()
             self._abort_flag[0] = 0
             _log_state.aborting = False
-            # Closing the generator ends llama.cpp's sampling loop at once.
-            stream.close()
+            tokens.close()  # also when the caller stopped before the first chunk
+
+    def _prompt_done(self) -> None:
+        """The first chunk arrived: the prompt is evaluated, later evaluations are decode steps."""
+        self._counting_prompt = False
 
     def prefill(
         self, messages: list[ChatMessage], settings: GenerationSettings, cancel: threading.Event

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from smolfusion_ros.backends.llama_cpp_stream import TokenStream
 from smolfusion_ros.backends.vlm.base import VisionBackendError, VisionResult
 from smolfusion_ros.backends.vlm.common import (
     DEFAULT_PROMPT,
@@ -151,15 +152,11 @@ class LlamaCppVisionBackend:
                     seed=seed,
                     stream=True,
                 )
-                try:
-                    for chunk in stream:
-                        if cancel.is_set():
-                            cancelled = True
-                            break
-                        answer.add(chunk["choices"][0]["delta"].get("content") or "")
-                finally:
-                    # Closing the generator ends llama.cpp's sampling loop at once.
-                    stream.close()
+                # Closed before the lock is released, also when on_token raises.
+                with TokenStream(stream, cancel) as tokens:
+                    for piece in tokens:
+                        answer.add(piece)
+                cancelled = tokens.cancelled
             except ValueError as exc:  # llama-cpp-python reports prompt/image errors so
                 raise VisionBackendError(f"llama.cpp VLM failed: {exc}") from exc
         return answer.result(cancelled)
