@@ -403,3 +403,30 @@ def test_vision_interval_is_taken_by_the_running_scene_loop(ros_node, start_node
     finally:
         frames.close()
     assert process.alive() and "Traceback" not in process.log
+
+
+@pytest.mark.ros
+@pytest.mark.parametrize(
+    ("module", "params", "line"),
+    [
+        (
+            "smolfusion_ros.nodes.camera_node",
+            {"rate_hz": 500.0},
+            "parameter rate_hz=500.0: must be between 0.01 and 120.0",
+        ),
+        (
+            "smolfusion_ros.nodes.knowledge_node",
+            {"diagnostics_period_s": 0.0},
+            "parameter diagnostics_period_s=0.0: must be >= 0.1",
+        ),
+    ],
+    ids=["managed", "plain"],
+)
+def test_a_node_process_given_an_out_of_range_value_stops_with_one_line(
+    start_node, module, params, line
+):
+    process = start_node(module, unique_namespace("badparam"), params=params, params_file=None)
+    assert process.wait(120) == 2, process.log
+    assert f"configuration error: {line}" in process.log, process.log
+    assert sum("configuration error" in entry for entry in process.log_lines) == 1, process.log
+    assert "Traceback" not in process.log, process.log
