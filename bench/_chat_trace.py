@@ -16,6 +16,11 @@ executor and DDS threads: on 2 cores any other runnable thread stalls the decode
 
 Env switches for A/B runs (each off unless set to 1):
   SMOLFUSION_TRACE_NO_BACKGROUND  the engine does no background work (prefill, warm, summary)
+  SMOLFUSION_TRACE_ACTION_DELAY_S=S  every second converse goal waits S seconds on its executor
+      thread before it is submitted, so the action protocol's own messages (goal response,
+      status, the client's result request) are handled before the engine starts the prompt
+      rather than during it; the timeline runs from submission either way (a diagnostic of
+      CPU contention, not a fix: the caller waits S longer)
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 
 TRACE_PATH = os.environ.get("SMOLFUSION_CHAT_TRACE", "")
 NO_BACKGROUND = os.environ.get("SMOLFUSION_TRACE_NO_BACKGROUND") == "1"
+ACTION_DELAY_S = float(os.environ.get("SMOLFUSION_TRACE_ACTION_DELAY_S") or 0.0)
 
 
 def thread_cpu() -> dict[int, tuple[str, float]]:
@@ -85,7 +91,13 @@ def install(tracer: Tracer) -> None:
 
     submit = engine_cls.submit
 
+    actions = iter(range(1 << 62))
+
     def traced_submit(self, request, listener=None):
+        delayed = False
+        if ACTION_DELAY_S > 0 and request.source == "action" and next(actions) % 2:
+            time.sleep(ACTION_DELAY_S)
+            delayed = True
         cpu = thread_cpu()
         job = submit(self, request, listener)
         background = tracer.background
@@ -94,7 +106,8 @@ def install(tracer: Tracer) -> None:
             "session": request.session_id,
             "source": request.source,
             "submitted": job.submitted_at,
-            "engine_busy": self._current is not None,
+            "engine_busy": bool(self.busy),  # answering another request
+            "delayed": delayed,
             "background_running": background[0] if background else "",
             "background_for_s": (job.submitted_at - background[1]) if background else None,
             "_cpu0": cpu,

@@ -102,6 +102,8 @@ class Sample:
     # on the direct path the node's is idle work competing with the direct model.
     client_cpu_s: float = 0.0
     node_cpu_s: float = 0.0
+    # Tokens evaluated before the first token (direct: counted here; ROS: see --trace).
+    prompt_tokens_evaluated: int | None = None
     # What went into the prompt besides the question: the scene text of the context block
     # (direct: the one the bench sent; ROS: the one the node reports it used), the knowledge
     # chunks the node added and whether the LLM answered at all (source "llm", not a rule).
@@ -244,7 +246,10 @@ def direct_answer(
 ) -> Sample:
     """What LlamaCppChatBackend.stream_chat does, timed from the call to the last delta."""
     parts: list[str] = []
-    first = None
+    first = prompt_evaluated = None
+    evaluated = getattr(llm, "evaluated_tokens", None)
+    if evaluated is not None:
+        evaluated.clear()
     start = time.monotonic()
     stream = llm.create_chat_completion(
         messages=messages,
@@ -262,6 +267,7 @@ def direct_answer(
             if delta:
                 if first is None:
                     first = time.monotonic()
+                    prompt_evaluated = sum(evaluated) if evaluated is not None else None
                 parts.append(delta)
     finally:
         stream.close()
@@ -275,7 +281,22 @@ def direct_answer(
         len(parts),
         "".join(parts).strip(),
         scene_text=scene_text,
+        prompt_tokens_evaluated=prompt_evaluated,
     )
+
+
+def count_evaluations(llm) -> None:
+    """Record how many tokens each llm.eval call evaluates (llama-cpp-python evaluates the
+    part of the prompt its KV cache does not hold in one call before the first token), so the
+    direct path's prompt work can be set beside the node's (--trace)."""
+    llm.evaluated_tokens = []
+    evaluate = llm.eval
+
+    def counting_eval(tokens) -> None:
+        llm.evaluated_tokens.append(len(tokens))
+        evaluate(tokens)
+
+    llm.eval = counting_eval
 
 
 def ros_action_answer(client, text: str, session_id: str, max_tokens: int, rep: int) -> Sample:
@@ -402,6 +423,7 @@ def summarise(samples: list[Sample]) -> dict:
         "tokens": median([s.tokens for s in samples]),
         "client_cpu_s": median([s.client_cpu_s for s in samples]),
         "node_cpu_s": median([s.node_cpu_s for s in samples]),
+        "prompt_tokens_evaluated": median([s.prompt_tokens_evaluated for s in samples]),
     }
 
 
@@ -438,11 +460,12 @@ def trace_summary(path: Path, warmup_sessions: set[str]) -> dict:
         entry["ms"].append(record["ms"])
     for entry in out["background_steps"].values():
         entry["ms"] = median(entry["ms"])
-    for source in ("action", "service"):
+    for source, delayed in (("action", False), ("action", True), ("service", False)):
         rows = [
             r
             for r in answers
             if r["source"] == source
+            and r.get("delayed", False) == delayed
             and r["session"].startswith("bench-")
             and not r["session"].startswith("bench-probe")
             and r["session"] not in warmup_sessions
@@ -471,7 +494,7 @@ def trace_summary(path: Path, warmup_sessions: set[str]) -> dict:
         summary["cpu_ms_to_first_token_total"] = round(
             1000 * median([sum(r.get("cpu_to_first_token", {}).values()) for r in rows]), 2
         )
-        out[source] = summary
+        out[source + (" (submission delayed)" if delayed else "")] = summary
     return out
 
 
@@ -521,6 +544,13 @@ def parse_args() -> argparse.Namespace:
         help="with --trace: the node's engine does no background work (A/B of idle work)",
     )
     parser.add_argument(
+        "--action-delay-s",
+        type=float,
+        default=0.0,
+        help="with --trace: every second converse goal is submitted to the engine this many "
+        "seconds late, after the action protocol's messages (diagnostic of CPU contention)",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=RESULTS_DIR / "chat_latency.json",
@@ -531,8 +561,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    if args.no_background and not args.trace:
-        raise SystemExit("--no-background needs --trace")
+    if (args.no_background or args.action_delay_s) and not args.trace:
+        raise SystemExit("--no-background and --action-delay-s need --trace")
     env = isolate_ros_environment()
 
     from llama_cpp import Llama
@@ -561,6 +591,8 @@ def main() -> int:
 
     trace_path = RESULTS_DIR / "chat_latency_trace.jsonl" if args.trace else None
     node_env = env | ({"SMOLFUSION_TRACE_NO_BACKGROUND": "1"} if args.no_background else {})
+    if args.action_delay_s > 0:
+        node_env["SMOLFUSION_TRACE_ACTION_DELAY_S"] = str(args.action_delay_s)
     proc = start_node(settings, yaml_path, node_env, log_path, trace_path)
     llm = client = None
     samples: list[Sample] = []
@@ -576,6 +608,7 @@ def main() -> int:
             n_gpu_layers=0,
             verbose=False,
         )
+        count_evaluations(llm)
         client = SmolFusionClient()
         wait_for_node(client, proc, log_path)
         monitor = CpuMonitor([os.getpid(), proc.pid])
@@ -692,6 +725,10 @@ def main() -> int:
             f"{name} {ms(summary[name]['client_cpu_s'])} / {ms(summary[name]['node_cpu_s'])}"
             for name in ("direct_vs_action", "direct_vs_service", "ros_action", "ros_service")
         )
+    )
+    print(
+        "prompt tokens evaluated before the first token (median), direct: "
+        f"{summary['direct']['prompt_tokens_evaluated']} (node: see --trace)"
     )
     traced = None
     if trace_path is not None:
