@@ -25,6 +25,7 @@ Env switches for A/B runs (each off unless set to 1):
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import threading
@@ -71,6 +72,8 @@ class Tracer:
         self.background: tuple[str, float] | None = None  # (kind, started) while one runs
         self.engine_tid = 0
         self.jobs: dict[str, dict] = {}
+        # (time, what) of the action server's own work, to place it on the timeline.
+        self.events: collections.deque = collections.deque(maxlen=256)
 
     def write(self, record: dict) -> None:
         with self._lock:
@@ -80,6 +83,35 @@ class Tracer:
         """Python thread names by native id; the engine thread (which also runs one of the
         llama.cpp compute threads' share) is 'chat-engine'."""
         return {t.native_id: t.name for t in threading.enumerate() if t.native_id}
+
+
+def install_action_events(tracer: Tracer) -> None:
+    """Note when rclpy's action server handles a goal request, a result request, and when a
+    goal's feedback is published (each runs Python on an executor thread, with the GIL)."""
+    from rclpy.action import server
+
+    def wrap_async(name: str, what: str) -> None:
+        original = getattr(server.ActionServer, name)
+
+        async def traced(self, *args, **kwargs):
+            began = time.monotonic()
+            try:
+                return await original(self, *args, **kwargs)
+            finally:
+                tracer.events.append((began, what, time.monotonic() - began))
+
+        setattr(server.ActionServer, name, traced)
+
+    wrap_async("_execute_goal_request", "goal_request")
+    wrap_async("_execute_get_result_request", "result_request")
+    publish_feedback = server.ServerGoalHandle.publish_feedback
+
+    def traced_feedback(self, feedback):
+        began = time.monotonic()
+        publish_feedback(self, feedback)
+        tracer.events.append((began, "feedback", time.monotonic() - began))
+
+    server.ServerGoalHandle.publish_feedback = traced_feedback
 
 
 def install(tracer: Tracer) -> None:
@@ -149,6 +181,11 @@ def install(tracer: Tracer) -> None:
                     if key in record:
                         record[key + "_ms"] = round((record.pop(key) - t0) * 1000, 2)
                 record["submitted"] = round(t0, 4)
+                record["action_events_ms"] = [
+                    (what, round((at - t0) * 1000, 2), round(took * 1000, 2))
+                    for at, what, took in list(tracer.events)
+                    if t0 - 0.2 <= at <= t0 + record["done_ms"] / 1000
+                ]
                 record["use_session_ms"] = round(record.get("use_session_ms", 0.0), 3)
                 tracer.write({"kind": "answer", **record})
                 tracer.jobs.pop(job.request_id, None)
@@ -235,7 +272,9 @@ def install(tracer: Tracer) -> None:
 
 def main() -> None:
     if TRACE_PATH:
-        install(Tracer(TRACE_PATH))
+        tracer = Tracer(TRACE_PATH)
+        install(tracer)
+        install_action_events(tracer)
     from smolfusion_ros.nodes.fusion_node import main as node_main
 
     node_main()

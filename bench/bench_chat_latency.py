@@ -104,6 +104,9 @@ class Sample:
     node_cpu_s: float = 0.0
     # Tokens evaluated before the first token (direct: counted here; ROS: see --trace).
     prompt_tokens_evaluated: int | None = None
+    # time.monotonic() when the call began (CLOCK_MONOTONIC is one clock for all processes on
+    # Linux, so --trace can place the node's timeline on the client's).
+    started_at: float = 0.0
     # What went into the prompt besides the question: the scene text of the context block
     # (direct: the one the bench sent; ROS: the one the node reports it used), the knowledge
     # chunks the node added and whether the LLM answered at all (source "llm", not a rule).
@@ -326,6 +329,7 @@ def ros_action_answer(client, text: str, session_id: str, max_tokens: int, rep: 
         scene_text=result.scene_text,
         knowledge_ids=list(result.knowledge_ids),
         source=result.source,
+        started_at=start,
     )
 
 
@@ -348,6 +352,7 @@ def ros_service_answer(client, text: str, session_id: str, max_tokens: int, rep:
         scene_text=response.scene_text,
         knowledge_ids=list(response.knowledge_ids),
         source=response.source,
+        started_at=start,
     )
 
 
@@ -442,7 +447,7 @@ def print_table(rows: list[tuple[str, dict]]) -> None:
         )
 
 
-def trace_summary(path: Path, warmup_sessions: set[str]) -> dict:
+def trace_summary(path: Path, warmup: int, samples: list[Sample]) -> dict:
     """Medians of the node's per-request timeline (bench/_chat_trace.py) by path, from
     submission (ms): taken up by the engine thread, session switched, back end called,
     first token; prompt tokens evaluated; background work running at submission; CPU ms
@@ -460,15 +465,30 @@ def trace_summary(path: Path, warmup_sessions: set[str]) -> dict:
         entry["ms"].append(record["ms"])
     for entry in out["background_steps"].values():
         entry["ms"] = median(entry["ms"])
+    # The client's side of each traced request (same monotonic clock): the hop from the
+    # call to the engine's submission, and from the node's first token to the client's.
+    calls = {
+        f"bench-{s.rep + warmup}-{s.path.removeprefix('ros_')}": s
+        for s in samples
+        if s.path.startswith("ros_")
+    }
+    for record in answers:
+        call = calls.get(record["session"])
+        if call is None or not call.started_at:
+            continue
+        record["call_to_submit_ms"] = (record["submitted"] - call.started_at) * 1000
+        if call.ttft_s is not None and "first_token_ms" in record:
+            record["node_first_token_to_client_ms"] = (
+                call.started_at + call.ttft_s - record["submitted"]
+            ) * 1000 - record["first_token_ms"]
+    measured = {session for session, call in calls.items() if call.rep >= 0}
     for source, delayed in (("action", False), ("action", True), ("service", False)):
         rows = [
             r
             for r in answers
             if r["source"] == source
             and r.get("delayed", False) == delayed
-            and r["session"].startswith("bench-")
-            and not r["session"].startswith("bench-probe")
-            and r["session"] not in warmup_sessions
+            and r["session"] in measured
         ]
         if not rows:
             continue
@@ -482,6 +502,8 @@ def trace_summary(path: Path, warmup_sessions: set[str]) -> dict:
             "prompt_tokens_evaluated",
             "prompt_tokens",
             "n_tokens_cached",
+            "call_to_submit_ms",
+            "node_first_token_to_client_ms",
         ):
             summary[key] = median([r.get(key) for r in rows])
         summary["background_at_submit"] = sum(bool(r["background_running"]) for r in rows)
@@ -732,10 +754,7 @@ def main() -> int:
     )
     traced = None
     if trace_path is not None:
-        warmup_sessions = {
-            f"bench-{rep}-{kind}" for rep in range(args.warmup) for kind in ("action", "service")
-        }
-        traced = trace_summary(trace_path, warmup_sessions)
+        traced = trace_summary(trace_path, args.warmup, samples)
         print(f"node timeline (--trace, {trace_path}):")
         for key, value in traced.items():
             print(f"  {key}: {value}")
