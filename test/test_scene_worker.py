@@ -73,6 +73,40 @@ def test_the_scene_loop_describes_the_newest_frame_and_drops_stale_ones():
         worker.stop()
 
 
+class CountingFrames(LatestFrame):
+    """The real newest-frame holder, counting how often the worker looks for a new frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    def newer_than(self, seq):
+        self.looks += 1
+        return super().newer_than(seq)
+
+
+def test_a_quiet_camera_costs_no_polling():
+    frames = CountingFrames()
+    scenes = []
+    worker = VisionWorker(
+        PerceptionBackend(ocr=False), frames, interval_s=0.05, on_scene=scenes.append
+    )
+    worker.start()
+    try:
+        assert _wait(lambda: worker.ready), worker.load_error
+        frames.put(COFFEE, time.time())
+        assert _wait(lambda: len(scenes) == 1)
+        assert _wait(lambda: worker.latest_scene is not None)
+        time.sleep(0.2)  # let the worker go back to sleep
+        looks = frames.looks
+        time.sleep(1.0)  # quiet camera: 20 scene periods, and nothing wakes the worker
+        assert frames.looks - looks <= 2, "the worker polls while the camera is quiet"
+        frames.put(ASTRONAUT, time.time())  # a frame wakes it at once
+        assert _wait(lambda: len(scenes) == 2)
+    finally:
+        worker.stop()
+
+
 def test_scene_work_waits_while_the_llm_generates():
     busy = threading.Event()
     busy.set()

@@ -295,9 +295,8 @@ class VisionWorker:
     def _take(self) -> VisualQuestion | Frame | None:
         """Under the worker's cond: a question first (a person is waiting), else the newest
         undescribed frame once the next scene is due and the LLM lets it run."""
-        question = self._questions.pop()
-        if question is not None:
-            return question
+        if self._questions:
+            return self._questions.pop()
         frame = self.frames.newer_than(self._described_seq)
         if frame is None or time.monotonic() < self._next_scene_at or self._llm_busy():
             return None
@@ -307,8 +306,7 @@ class VisionWorker:
         return frame
 
     def _wait_s(self) -> float | None:
-        """Sleep until a frame or a question wakes the worker (None), the next scene is
-        due, or, while the LLM generates, the next check."""
+        """Until woken (a frame or a question), the next scene, or the next LLM check."""
         if self.frames.newer_than(self._described_seq) is None:
             return None
         due_in = self._next_scene_at - time.monotonic()
