@@ -404,3 +404,24 @@ def test_first_partial_of_a_turn_is_judged_by_the_last_final_with_a_standin(monk
         assert transcriber.stats()["partials_too_slow"] >= 1, transcriber.stats()
     finally:
         transcriber.close()
+
+
+def test_the_recogniser_is_closed_only_after_a_long_transcription_with_a_standin():
+    """speech_node's cleanup: a transcription that outlasts the stop's wait keeps its model."""
+    backend = BlockingStandInRecogniser()
+    closed: list[bool] = []
+    worker = TranscriptionWorker(backend, lambda job, r: None, lambda job, e: None)
+    try:
+        worker.submit_final(
+            Job(FINAL, np.zeros(SAMPLE_RATE, np.float32), utterance=0, generation=0)
+        )
+        assert wait_for(lambda: worker.busy)
+        assert worker.stop(0.05) is False  # still inside transcribe
+        # A second stop hands the close over; it must not run under the running call.
+        assert worker.stop(0.0, then=lambda: closed.append(backend.release.is_set())) is False
+        assert closed == []
+        backend.release.set()
+        assert wait_for(lambda: closed == [True])
+    finally:
+        backend.release.set()
+        worker.stop()

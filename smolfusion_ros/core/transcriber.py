@@ -236,12 +236,13 @@ class TranscriptionWorker:
         where = "result handler: " if job.finished else ""
         self._on_error(job, f"{where}{type(exc).__name__}: {exc}")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Drop what waits; wait up to `timeout` for a transcription in progress."""
+    def stop(self, timeout: float = 30.0, then: Callable[[], None] | None = None) -> bool:
+        """Drop what waits; wait up to `timeout` for a transcription in progress. `then`
+        (closing the recogniser) runs once the worker has left it. True when it has."""
         with self._cond:
             self._finals.drain()
             self._speculation = self._partial = None
-        self._worker.stop(timeout)
+        return self._worker.stop(timeout, then=then)
 
 
 class SequenceCheck:
@@ -622,5 +623,6 @@ class Transcriber:
                 **{f"turn.{k}": f"{v:.3f}" for k, v in self.last_timeline.items()},
             }
 
-    def close(self) -> None:
-        self.worker.stop()
+    def close(self, timeout: float = 30.0, then: Callable[[], None] | None = None) -> bool:
+        """Stop transcribing (see TranscriptionWorker.stop); may be called again."""
+        return self.worker.stop(timeout, then=then)

@@ -266,6 +266,9 @@ class SpeechNode(ManagedNode):
         self._model_label = ""
         self._language = "en"
         self._transcriber: Transcriber | None = None  # activate
+        # The last deactivated transcriber: cleanup frees the recogniser only once its worker
+        # has left a transcription that outlasted deactivate's wait.
+        self._stopped_transcriber: Transcriber | None = None
         self._session_id = "default"
 
         self._utterance_pub = self.create_publisher(Utterance, "utterance", 10)
@@ -347,11 +350,17 @@ class SpeechNode(ManagedNode):
         transcriber, self._transcriber = self._transcriber, None
         if transcriber is not None:
             transcriber.close()  # waits for a transcription in progress; queued work dropped
+            self._stopped_transcriber = transcriber
 
     def cleanup(self) -> None:
         self.deactivate()
         backend, self._backend = self._backend, None
-        if backend is not None:
+        stopped, self._stopped_transcriber = self._stopped_transcriber, None
+        if backend is None:
+            return
+        if stopped is not None:
+            stopped.close(timeout=0.0, then=backend.close)  # now, or as its worker leaves
+        else:
             backend.close()
 
     @staticmethod
