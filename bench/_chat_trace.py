@@ -21,6 +21,10 @@ Env switches for A/B runs (each off unless set to 1):
       status, the client's result request) are handled before the engine starts the prompt
       rather than during it; the timeline runs from submission either way (a diagnostic of
       CPU contention, not a fix: the caller waits S longer)
+  SMOLFUSION_TRACE_EAGER_SAVE=1  prototype of a fix: after every second answer the engine
+      thread saves the active session's KV state at once (while the caller reads its reply and
+      the engine is idle) and the next use_session of another session skips its save when
+      nothing was evaluated since; the timeline marks the requests that found such a snapshot
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import time
 TRACE_PATH = os.environ.get("SMOLFUSION_CHAT_TRACE", "")
 NO_BACKGROUND = os.environ.get("SMOLFUSION_TRACE_NO_BACKGROUND") == "1"
 ACTION_DELAY_S = float(os.environ.get("SMOLFUSION_TRACE_ACTION_DELAY_S") or 0.0)
+EAGER_SAVE = os.environ.get("SMOLFUSION_TRACE_EAGER_SAVE") == "1"
 
 
 def thread_cpu() -> dict[int, tuple[str, float]]:
@@ -162,6 +167,8 @@ def install(tracer: Tracer) -> None:
             answer(self, job)
         finally:
             tracer.current = None
+            if EAGER_SAVE and next(answers) % 2:
+                eager_save(self.backend)
             if record is not None:
                 record["done"] = time.monotonic()
                 cpu0 = record.pop("_cpu0")
@@ -191,15 +198,49 @@ def install(tracer: Tracer) -> None:
                 tracer.jobs.pop(job.request_id, None)
 
     engine_cls._answer = traced_answer
+    answers = iter(range(1 << 62))
+
+    def eager_save(backend) -> None:
+        """Save the active session's state now; remember what it covers."""
+        llm = getattr(backend, "_llm", None)
+        if llm is None or not backend._session_budget or not backend._active_session:
+            return
+        if llm.n_tokens == 0:
+            return
+        began = time.monotonic()
+        backend._save(backend._active_session)
+        backend._trace_snapshot = (backend._active_session, backend.tokens_evaluated_total)
+        tracer.write({"kind": "eager_save", "ms": round((time.monotonic() - began) * 1000, 3)})
+
     tracer.current = None
 
     use_session = backend_cls.use_session
 
+    def switch_without_save(self, session_id) -> None:
+        """use_session when the active session's saved state is still current."""
+        self._trace_snapshot = None
+        self._active_session = session_id
+        saved = self._sessions.pop(session_id, None)
+        if saved is not None:
+            self._restore(saved)
+
     def traced_use_session(self, session_id):
         began = time.monotonic()
-        use_session(self, session_id)
+        snapshot = getattr(self, "_trace_snapshot", None)
+        reused = (
+            snapshot is not None
+            and self._llm is not None
+            and session_id != self._active_session
+            and snapshot == (self._active_session, self.tokens_evaluated_total)
+            and self._active_session in self._sessions
+        )
+        if reused:
+            switch_without_save(self, session_id)
+        else:
+            use_session(self, session_id)
         record = tracer.current
         if record is not None and tracer.background is None:
+            record["snapshot_reused"] = reused
             record["use_session_ms"] = (time.monotonic() - began) * 1000
             record["session_switched"] = time.monotonic()
 

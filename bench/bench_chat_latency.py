@@ -455,7 +455,10 @@ def trace_summary(path: Path, warmup: int, samples: list[Sample]) -> dict:
     answers, background = [], []
     for line in path.read_text().splitlines():
         record = json.loads(line)
-        (answers if record["kind"] == "answer" else background).append(record)
+        if record["kind"] == "answer":
+            answers.append(record)
+        elif record["kind"] == "background":
+            background.append(record)
     out: dict = {"background_steps": {}}
     for record in background:
         what = record["what"].split(":", 1)[0]
@@ -506,6 +509,7 @@ def trace_summary(path: Path, warmup: int, samples: list[Sample]) -> dict:
             "node_first_token_to_client_ms",
         ):
             summary[key] = median([r.get(key) for r in rows])
+        summary["snapshot_reused"] = sum(bool(r.get("snapshot_reused")) for r in rows)
         summary["background_at_submit"] = sum(bool(r["background_running"]) for r in rows)
         summary["engine_busy_at_submit"] = sum(bool(r["engine_busy"]) for r in rows)
         classes = sorted({c for r in rows for c in r.get("cpu_to_first_token", {})})
@@ -573,6 +577,12 @@ def parse_args() -> argparse.Namespace:
         "seconds late, after the action protocol's messages (diagnostic of CPU contention)",
     )
     parser.add_argument(
+        "--eager-save",
+        action="store_true",
+        help="with --trace: prototype fix, the node saves a session's KV state right after "
+        "every second answer instead of when the next request of another session starts",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=RESULTS_DIR / "chat_latency.json",
@@ -583,8 +593,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    if (args.no_background or args.action_delay_s) and not args.trace:
-        raise SystemExit("--no-background and --action-delay-s need --trace")
+    if (args.no_background or args.action_delay_s or args.eager_save) and not args.trace:
+        raise SystemExit("--no-background, --action-delay-s and --eager-save need --trace")
     env = isolate_ros_environment()
 
     from llama_cpp import Llama
@@ -613,6 +623,8 @@ def main() -> int:
 
     trace_path = RESULTS_DIR / "chat_latency_trace.jsonl" if args.trace else None
     node_env = env | ({"SMOLFUSION_TRACE_NO_BACKGROUND": "1"} if args.no_background else {})
+    if args.eager_save:
+        node_env["SMOLFUSION_TRACE_EAGER_SAVE"] = "1"
     if args.action_delay_s > 0:
         node_env["SMOLFUSION_TRACE_ACTION_DELAY_S"] = str(args.action_delay_s)
     proc = start_node(settings, yaml_path, node_env, log_path, trace_path)
