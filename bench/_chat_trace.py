@@ -21,7 +21,7 @@ Env switches for A/B runs (each off unless set to 1):
       status, the client's result request) are handled before the engine starts the prompt
       rather than during it; the timeline runs from submission either way (a diagnostic of
       CPU contention, not a fix: the caller waits S longer)
-  SMOLFUSION_TRACE_EAGER_SAVE=1  prototype of a fix: after every second answer the engine
+  SMOLFUSION_TRACE_EAGER_SAVE=1  prototype of a fix: after every second pair of answers the engine
       thread saves the active session's KV state at once (while the caller reads its reply and
       the engine is idle) and the next use_session of another session skips its save when
       nothing was evaluated since; the timeline marks the requests that found such a snapshot
@@ -167,7 +167,7 @@ def install(tracer: Tracer) -> None:
             answer(self, job)
         finally:
             tracer.current = None
-            if EAGER_SAVE and next(answers) % 2:
+            if EAGER_SAVE and next(answers) // 2 % 2:  # in pairs: both paths get some
                 eager_save(self.backend)
             if record is not None:
                 record["done"] = time.monotonic()

@@ -45,10 +45,27 @@ Ratios (medians): total_ratio = ROS service total / direct total (target <= 1.10
 ttft_ratio = ROS action first token / direct first token (target <= 1.25). Raw samples and
 summary go to bench/results/chat_latency.json; the node's log to bench/results/.
 
+Where the time goes (--trace): the node then runs through bench/_chat_trace.py, which wraps
+the engine's and the back end's methods in the node's process (nothing in the package
+changes) and writes one timeline per request: submitted -> taken up by the engine thread ->
+session switched (use_session: saving the previous session's KV state) -> back end called ->
+first token, the prompt tokens evaluated and held in the KV cache, whether background work
+(prefill, warm-up, summary) was running at submission, every background step, the action
+server's goal/result requests and feedback on the same clock, and the CPU time of every
+thread of the node up to the first token. With the client's own times (one monotonic clock)
+it also splits off the hops: client call -> engine submission and node first token -> client.
+Diagnostic switches (need --trace): --no-background (the engine does no idle work),
+--action-delay-s S (every second goal reaches the engine S late, after the action protocol's
+own messages: is the overlap what costs?), --eager-save (prototype: a session's KV state is
+saved after its answer instead of inside the next request's first-token time). --settle-s
+pauses before each call, as a person's pause would, so idle work can finish.
+
 Run from the repository root (after ./scripts/bootstrap.sh):
 
     .venv/bin/python bench/bench_chat_latency.py                  # 10 repetitions
     .venv/bin/python bench/bench_chat_latency.py --reps 20 --max-tokens 128 --threads 2
+    .venv/bin/python -P bench/bench_chat_latency.py --reps 24 --max-tokens 8 --trace \
+        --action-delay-s 0.1 --eager-save           # where the first-token time goes
 """
 
 from __future__ import annotations
@@ -808,6 +825,12 @@ def main() -> int:
         f"waited {waited:.1f} s in total for a quiet machine; {load_text()} at the end "
         f"({load_start} at the start)"
     )
+    if args.action_delay_s > 0:
+        print(
+            f"--action-delay-s: every second goal reached the engine {args.action_delay_s} s "
+            "late on purpose, so the action figures above are not a measurement of the "
+            "action path: read the node timeline"
+        )
     if disturbed > len(measured) // 4:
         print(
             "WARNING: other processes used the CPUs during many samples: these figures are "
