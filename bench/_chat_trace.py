@@ -21,7 +21,7 @@ Env switches for A/B runs (each off unless set to 1):
       status, the client's result request) are handled before the engine starts the prompt
       rather than during it; the timeline runs from submission either way (a diagnostic of
       CPU contention, not a fix: the caller waits S longer)
-  SMOLFUSION_TRACE_EAGER_SAVE=1  prototype of a fix: after every second pair of answers the engine
+  SMOLFUSION_TRACE_EAGER_SAVE=1  prototype of a fix: after half of the answers (drawn) the engine
       thread saves the active session's KV state at once (while the caller reads its reply and
       the engine is idle) and the next use_session of another session skips its save when
       nothing was evaluated since; the timeline marks the requests that found such a snapshot
@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import random
 import threading
 import time
 
@@ -167,7 +168,9 @@ def install(tracer: Tracer) -> None:
             answer(self, job)
         finally:
             tracer.current = None
-            if EAGER_SAVE and next(answers) // 2 % 2:  # in pairs: both paths get some
+            # Drawn at random (fixed seed), not alternated: an alternation lined up with the
+            # bench's action/service order and with --action-delay-s's every-second goal.
+            if EAGER_SAVE and eager_draw.random() < 0.5:
                 eager_save(self.backend)
             if record is not None:
                 record["done"] = time.monotonic()
@@ -198,7 +201,7 @@ def install(tracer: Tracer) -> None:
                 tracer.jobs.pop(job.request_id, None)
 
     engine_cls._answer = traced_answer
-    answers = iter(range(1 << 62))
+    eager_draw = random.Random(7)
 
     def eager_save(backend) -> None:
         """Save the active session's state now; remember what it covers."""

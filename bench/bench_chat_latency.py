@@ -502,12 +502,20 @@ def trace_summary(path: Path, warmup: int, samples: list[Sample]) -> dict:
                 call.started_at + call.ttft_s - record["submitted"]
             ) * 1000 - record["first_token_ms"]
     measured = {session for session, call in calls.items() if call.rep >= 0}
-    for source, delayed in (("action", False), ("action", True), ("service", False)):
+    # One group per path and diagnostic condition (--action-delay-s, --eager-save).
+    groups = [
+        (source, delayed, reused)
+        for source in ("action", "service")
+        for delayed in (False, True)
+        for reused in (False, True)
+    ]
+    for source, delayed, reused in groups:
         rows = [
             r
             for r in answers
             if r["source"] == source
             and r.get("delayed", False) == delayed
+            and bool(r.get("snapshot_reused")) == reused
             and r["session"] in measured
         ]
         if not rows:
@@ -526,7 +534,6 @@ def trace_summary(path: Path, warmup: int, samples: list[Sample]) -> dict:
             "node_first_token_to_client_ms",
         ):
             summary[key] = median([r.get(key) for r in rows])
-        summary["snapshot_reused"] = sum(bool(r.get("snapshot_reused")) for r in rows)
         summary["background_at_submit"] = sum(bool(r["background_running"]) for r in rows)
         summary["engine_busy_at_submit"] = sum(bool(r["engine_busy"]) for r in rows)
         classes = sorted({c for r in rows for c in r.get("cpu_to_first_token", {})})
@@ -537,7 +544,8 @@ def trace_summary(path: Path, warmup: int, samples: list[Sample]) -> dict:
         summary["cpu_ms_to_first_token_total"] = round(
             1000 * median([sum(r.get("cpu_to_first_token", {}).values()) for r in rows]), 2
         )
-        out[source + (" (submission delayed)" if delayed else "")] = summary
+        label = source + (" (submission delayed)" if delayed else "")
+        out[label + (" (KV snapshot reused)" if reused else "")] = summary
     return out
 
 
@@ -597,7 +605,7 @@ def parse_args() -> argparse.Namespace:
         "--eager-save",
         action="store_true",
         help="with --trace: prototype fix, the node saves a session's KV state right after "
-        "every second answer instead of when the next request of another session starts",
+        "half of the answers (drawn) instead of when the next request of another session starts",
     )
     parser.add_argument(
         "--output",
