@@ -504,18 +504,20 @@ def trace_summary(path: Path, warmup: int, samples: list[Sample]) -> dict:
     measured = {session for session, call in calls.items() if call.rep >= 0}
     # One group per path and diagnostic condition (--action-delay-s, --eager-save).
     groups = [
-        (source, delayed, reused)
+        (source, delayed, reused, fast)
         for source in ("action", "service")
         for delayed in (False, True)
         for reused in (False, True)
+        for fast in (False, True)
     ]
-    for source, delayed, reused in groups:
+    for source, delayed, reused, fast in groups:
         rows = [
             r
             for r in answers
             if r["source"] == source
             and r.get("delayed", False) == delayed
             and bool(r.get("snapshot_reused")) == reused
+            and r.get("fast_action", False) == fast
             and r["session"] in measured
         ]
         if not rows:
@@ -545,7 +547,8 @@ def trace_summary(path: Path, warmup: int, samples: list[Sample]) -> dict:
             1000 * median([sum(r.get("cpu_to_first_token", {}).values()) for r in rows]), 2
         )
         label = source + (" (submission delayed)" if delayed else "")
-        out[label + (" (KV snapshot reused)" if reused else "")] = summary
+        label += " (KV snapshot reused)" if reused else ""
+        out[label + (" (fast-action prototype)" if fast else "")] = summary
     return out
 
 
@@ -608,6 +611,12 @@ def parse_args() -> argparse.Namespace:
         "half of the answers (drawn) instead of when the next request of another session starts",
     )
     parser.add_argument(
+        "--fast-action",
+        action="store_true",
+        help="with --trace: prototype fusion_node fix for half of the goals (drawn): submit at "
+        "goal acceptance, first token's feedback published from the engine thread",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=RESULTS_DIR / "chat_latency.json",
@@ -618,8 +627,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    if (args.no_background or args.action_delay_s or args.eager_save) and not args.trace:
-        raise SystemExit("--no-background, --action-delay-s and --eager-save need --trace")
+    diagnostics = args.no_background or args.action_delay_s or args.eager_save or args.fast_action
+    if diagnostics and not args.trace:
+        raise SystemExit(
+            "--no-background, --action-delay-s, --eager-save and --fast-action need --trace"
+        )
     env = isolate_ros_environment()
 
     from llama_cpp import Llama
@@ -650,6 +662,8 @@ def main() -> int:
     node_env = env | ({"SMOLFUSION_TRACE_NO_BACKGROUND": "1"} if args.no_background else {})
     if args.eager_save:
         node_env["SMOLFUSION_TRACE_EAGER_SAVE"] = "1"
+    if args.fast_action:
+        node_env["SMOLFUSION_TRACE_FAST_ACTION"] = "1"
     if args.action_delay_s > 0:
         node_env["SMOLFUSION_TRACE_ACTION_DELAY_S"] = str(args.action_delay_s)
     proc = start_node(settings, yaml_path, node_env, log_path, trace_path)
