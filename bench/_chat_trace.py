@@ -10,9 +10,10 @@ Per request: when it was submitted, what the engine thread was doing then (answe
 background step and which kind, idle), when the engine took it up, how long the session
 switch (use_session: saving the previous session's KV state) and prompt building took, when
 the back end was called and yielded its first token, how many prompt tokens it evaluated and
-how many the KV cache held before, and the CPU time every thread of this process used
-between submission and the first token (the llama.cpp compute threads against the ROS
-executor and DDS threads: on 2 cores any other runnable thread stalls the decode).
+how many the KV cache held before, and the CPU time this process used between submission
+and the first token: per thread with SMOLFUSION_TRACE_THREAD_CPU=1 (the llama.cpp compute
+threads against the ROS executor and DDS threads: on 2 cores any other runnable thread stalls
+the decode; reading it costs ~1.5 ms on the request's path, so it is off by default).
 
 Env switches for A/B runs (each off unless set to 1):
   SMOLFUSION_TRACE_NO_BACKGROUND  the engine does no background work (prefill, warm, summary)
@@ -38,6 +39,7 @@ import collections
 import json
 import os
 import random
+import resource
 import threading
 import time
 
@@ -45,11 +47,19 @@ TRACE_PATH = os.environ.get("SMOLFUSION_CHAT_TRACE", "")
 NO_BACKGROUND = os.environ.get("SMOLFUSION_TRACE_NO_BACKGROUND") == "1"
 ACTION_DELAY_S = float(os.environ.get("SMOLFUSION_TRACE_ACTION_DELAY_S") or 0.0)
 EAGER_SAVE = os.environ.get("SMOLFUSION_TRACE_EAGER_SAVE") == "1"
+# Per-thread CPU reads /proc for every thread (~1.5 ms in the node): on the request's own path
+# that would lengthen the hops it measures, so it is opt-in; by default only the process
+# total (getrusage, microseconds).
+THREAD_CPU = os.environ.get("SMOLFUSION_TRACE_THREAD_CPU") == "1"
 FAST_ACTION = os.environ.get("SMOLFUSION_TRACE_FAST_ACTION") == "1"
 
 
 def thread_cpu() -> dict[int, tuple[str, float]]:
-    """tid -> (kernel thread name, user+system CPU seconds) for every thread of this process."""
+    """tid -> (kernel thread name, user+system CPU seconds) for every thread of this process;
+    with SMOLFUSION_TRACE_THREAD_CPU unset, one entry for the whole process (cheap)."""
+    if not THREAD_CPU:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {0: ("process", usage.ru_utime + usage.ru_stime)}
     out = {}
     for tid in os.listdir("/proc/self/task"):
         try:
@@ -72,7 +82,7 @@ def cpu_delta(before: dict, after: dict, labels: dict[int, str]) -> dict[str, fl
         used = cpu - before.get(tid, (name, 0.0))[1]
         if used <= 0:
             continue
-        label = labels.get(tid) or f"native:{name}"
+        label = labels.get(tid) or (name if tid == 0 else f"native:{name}")
         classes[label] = round(classes.get(label, 0.0) + used, 4)
     return classes
 

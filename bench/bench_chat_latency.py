@@ -611,6 +611,12 @@ def parse_args() -> argparse.Namespace:
         "half of the answers (drawn) instead of when the next request of another session starts",
     )
     parser.add_argument(
+        "--trace-threads",
+        action="store_true",
+        help="with --trace: CPU per node thread up to the first token (reads /proc per thread, "
+        "~1.5 ms on the request's path, which lengthens the hops measured)",
+    )
+    parser.add_argument(
         "--fast-action",
         action="store_true",
         help="with --trace: prototype fusion_node fix for half of the goals (drawn): submit at "
@@ -627,7 +633,13 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    diagnostics = args.no_background or args.action_delay_s or args.eager_save or args.fast_action
+    diagnostics = (
+        args.no_background
+        or args.action_delay_s
+        or args.eager_save
+        or args.fast_action
+        or args.trace_threads
+    )
     if diagnostics and not args.trace:
         raise SystemExit(
             "--no-background, --action-delay-s, --eager-save and --fast-action need --trace"
@@ -664,6 +676,8 @@ def main() -> int:
         node_env["SMOLFUSION_TRACE_EAGER_SAVE"] = "1"
     if args.fast_action:
         node_env["SMOLFUSION_TRACE_FAST_ACTION"] = "1"
+    if args.trace_threads:
+        node_env["SMOLFUSION_TRACE_THREAD_CPU"] = "1"
     if args.action_delay_s > 0:
         node_env["SMOLFUSION_TRACE_ACTION_DELAY_S"] = str(args.action_delay_s)
     proc = start_node(settings, yaml_path, node_env, log_path, trace_path)
