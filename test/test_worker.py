@@ -6,17 +6,9 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 from smolfusion_ros.core.worker import BoundedQueue, FullPolicy, QueueFull, WorkerThread
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def test_reject_policy_refuses_the_newest_with_a_clear_error_and_counts_it():
@@ -66,7 +58,7 @@ def test_items_are_processed_in_order_and_a_failing_one_does_not_stop_the_thread
     worker.start()
     for item in ("a", "bad", "b"):
         _put(worker, queue, item)
-    assert wait_for(lambda: done == ["a", "b"])
+    assert wait_for(lambda: done == ["a", "b"], 10)
     assert [(item, str(exc)) for item, exc in errors] == [("bad", "boom")]
     assert worker.stop(5.0)
     assert not worker.running
@@ -85,7 +77,7 @@ def test_wait_s_lets_a_sleeping_worker_look_again_without_a_wake():
     worker = WorkerThread("timer", take=take, process=lambda _item: None, wait_s=lambda: 0.05)
     worker.start()
     due.set()  # no wake(): only the timed wait can notice it
-    assert wait_for(lambda: taken)
+    assert wait_for(lambda: taken, 10)
     worker.stop()
 
 
@@ -106,8 +98,8 @@ def test_stop_sets_preempt_and_hands_cleanup_to_a_thread_still_inside_a_call():
     assert worker.preempt.is_set()
     assert cleaned == []
     release.set()
-    assert wait_for(lambda: cleaned == [True])
-    assert wait_for(lambda: not worker.running)
+    assert wait_for(lambda: cleaned == [True], 10)
+    assert wait_for(lambda: not worker.running, 10)
 
 
 def test_stop_runs_cleanup_at_once_when_the_thread_has_exited():
@@ -126,12 +118,12 @@ def test_a_stopped_worker_starts_again_and_a_failed_setup_ends_the_thread():
     worker.start()  # deactivate, then activate again
     assert not worker.preempt.is_set()
     _put(worker, queue, "again")
-    assert wait_for(lambda: seen == ["again"])
+    assert wait_for(lambda: seen == ["again"], 10)
     worker.stop()
 
     failed = WorkerThread("no-model", take=lambda: None, process=seen.append, setup=lambda: False)
     failed.start()
-    assert wait_for(lambda: not failed.running)
+    assert wait_for(lambda: not failed.running, 10)
     assert failed.stop(1.0)
 
 
@@ -161,7 +153,7 @@ def test_request_stop_takes_nothing_more_so_the_owner_can_fail_the_queue_before_
     worker.request_stop()
     assert worker.stopping and worker.preempt.is_set() and worker.current == "running"
     release.set()  # the running item returns; the queued one must not be taken now
-    assert wait_for(lambda: not worker.running)
+    assert wait_for(lambda: not worker.running, 10)
     with worker.cond:
         assert queue.drain() == ["queued"]
     assert done == ["running"]
