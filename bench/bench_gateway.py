@@ -125,12 +125,17 @@ def main() -> None:
         while time.monotonic() < deadline and http.get("/health").status != 200:
             time.sleep(0.5)
         client.wait_until_ready(120)
-        assert (
-            http.upload(
+        # knowledge_node's services may be discovered by the gateway after fusion_node is
+        # ready: the upload is answered 503 until then, so retry for a while.
+        upload_deadline = time.monotonic() + 60
+        while True:
+            uploaded = http.upload(
                 "/knowledge", {}, {"file": ("museum.txt", DOCUMENT.encode(), "text/plain")}
-            ).status
-            == 200
-        )
+            )
+            if uploaded.status == 200 or time.monotonic() > upload_deadline:
+                break
+            time.sleep(1.0)
+        assert uploaded.status == 200, (uploaded.status, uploaded.body)
 
         def ros_chat(text, session):
             t0 = time.monotonic()

@@ -310,14 +310,18 @@ class SmolFusionClient:
         return handle
 
     def close(self) -> None:
+        if self._owns_node:
+            # The spin thread first: an action client destroyed while the executor builds
+            # its wait set kills that thread with RCLError ("action client pointer is
+            # invalid"), seen at the end of a benchmark run.
+            self._executor.shutdown()
+            self._spin_thread.join(timeout=5)
         self._converse.destroy()
         self.node.destroy_client(self._chat)
         if self._get_state is not None:
             self.node.destroy_client(self._get_state)
             self.node.destroy_subscription(self._diagnostics)
         if self._owns_node:
-            self._executor.shutdown()
-            self._spin_thread.join(timeout=5)
             self.node.destroy_node()
         if self._owns_context:
             rclpy.try_shutdown()
