@@ -291,3 +291,24 @@ def test_device_output_without_a_sound_card_says_why_and_keeps_going():
     assert output.unavailable.startswith("no audio output device")
     assert output.emit(tone(0.2), 16000, "x", lambda: False)  # nothing played, no error
     assert not output.emit(tone(0.2), 16000, "x", lambda: True)
+
+
+def test_back_ends_replaced_by_a_new_factory_are_closed_before_the_next_sentence(engine):
+    """A new volume (set_backend_factory) retires the old back ends; they are closed once
+    the worker is between sentences, not kept until close()."""
+    closed: list[str] = []
+
+    def closing_espeak(voice: str):
+        backend = espeak(voice)
+        backend.close = lambda: closed.append(voice)  # records the close (espeak's is a no-op)
+        return backend
+
+    speech, _ = engine()
+    speech.set_backend_factory(closing_espeak)
+    speech.start()
+    assert speech.say("First.").done.wait(30)
+    speech.set_backend_factory(espeak)  # the en-us back end made above is retired
+    assert closed == []
+    job = speech.say("Second.")
+    assert job.done.wait(30) and job.success, job.error
+    assert closed == ["en-us"]

@@ -149,7 +149,7 @@ class SpeechOutput:
         self._backends: dict[str, TextToSpeech] = {}
         self._backends_lock = threading.Lock()
         # Back ends replaced by set_backend_factory: the worker may still be using one, so
-        # they are closed with the others at close().
+        # they are closed by the worker before its next sentence, or at close().
         self._retired: list[TextToSpeech] = []
 
         self._lock = threading.Lock()
@@ -201,6 +201,12 @@ class SpeechOutput:
         the queue (jobs finish with `reason`), close the back ends once the worker left them."""
         self._worker.stop(5.0, then=self._close_backends)
         self.stop(reason)
+
+    def _close_retired(self) -> None:
+        with self._backends_lock:
+            retired, self._retired = self._retired, []
+        for backend in retired:
+            backend.close()
 
     def _close_backends(self) -> None:
         with self._backends_lock:
@@ -326,6 +332,7 @@ class SpeechOutput:
             return backend
 
     def _speak(self, job: SpeechJob) -> None:
+        self._close_retired()  # between sentences no back end is in use
         text = speakable(job.text)
         if not text:
             job.finish(True)
