@@ -55,7 +55,6 @@ Malformed chunks (no channels, no rate, an incomplete frame) are dropped and cou
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -118,26 +117,12 @@ def audio_qos(reliability: str, depth: int) -> QoSProfile:
 AUDIO_QOS = audio_qos("reliable", 50)  # the default: what a publisher of audio should offer
 
 
-# Read at activate, so deactivate -> ros2 param set -> activate changes them without reloading
-# the model; read once at start, since they shape entities that live in every state. The rest
-# (stt.*) is read at configure.
-_AT_ACTIVATE = ("partial_interval_s", "session_id", "enabled", "max_queued_finals")
-_AT_STARTUP = ("audio_reliability", "audio_depth")
-
-
+# vad.*, partial_interval_s, session_id, enabled and max_queued_finals are read at activate
+# (ACTIVATE), so deactivate -> ros2 param set -> activate changes them without reloading the
+# model; the audio QoS is read once at start (STARTUP: it shapes entities that live in every
+# state); stt.* is read at configure.
 def parameter_specs() -> list[ParamSpec]:
     """Every parameter of speech_node (the profile test checks the YAML files against it)."""
-    specs = []
-    for spec in _spec_table():
-        if spec.name.startswith("vad.") or spec.name in _AT_ACTIVATE:
-            spec = replace(spec, applies=ACTIVATE)
-        elif spec.name in _AT_STARTUP:
-            spec = replace(spec, applies=STARTUP)
-        specs.append(spec)
-    return specs
-
-
-def _spec_table() -> list[ParamSpec]:
     return [
         AUTOSTART_SPEC,
         ParamSpec(
@@ -167,16 +152,33 @@ def _spec_table() -> list[ParamSpec]:
             "unfamiliar voices; 0 = full window)",
             between(0.0, 30.0),
         ),
-        ParamSpec("vad.engine", "silero", "voice activity detector", one_of("silero", "energy")),
-        ParamSpec("vad.threshold", 0.5, "speech probability threshold", between(0.05, 0.95)),
         ParamSpec(
-            "vad.min_speech_ms", 200, "shortest speech that starts an utterance", between(0, 5000)
+            "vad.engine",
+            "silero",
+            "voice activity detector",
+            one_of("silero", "energy"),
+            applies=ACTIVATE,
+        ),
+        ParamSpec(
+            "vad.threshold",
+            0.5,
+            "speech probability threshold",
+            between(0.05, 0.95),
+            applies=ACTIVATE,
+        ),
+        ParamSpec(
+            "vad.min_speech_ms",
+            200,
+            "shortest speech that starts an utterance",
+            between(0, 5000),
+            applies=ACTIVATE,
         ),
         ParamSpec(
             "vad.end_silence_ms",
             700,
             "silence that ends an utterance (grace period)",
             between(100, 10000),
+            applies=ACTIVATE,
         ),
         ParamSpec(
             "vad.speculate_silence_ms",
@@ -184,6 +186,7 @@ def _spec_table() -> list[ParamSpec]:
             "a pause this long transcribes the turn so far and publishes it as a speculative "
             "utterance (the LLM evaluates its prompt, nothing is answered); 0 = off",
             between(0, 10000),
+            applies=ACTIVATE,
         ),
         ParamSpec(
             "vad.end_silence_short_ms",
@@ -191,33 +194,53 @@ def _spec_table() -> list[ParamSpec]:
             "silence that ends the turn when the speculative transcript looks complete "
             "(sentence-final punctuation, or a question); 0 = always vad.end_silence_ms",
             between(0, 10000),
+            applies=ACTIVATE,
         ),
-        ParamSpec("vad.pre_roll_ms", 300, "audio kept before speech onset", between(0, 3000)),
+        ParamSpec(
+            "vad.pre_roll_ms",
+            300,
+            "audio kept before speech onset",
+            between(0, 3000),
+            applies=ACTIVATE,
+        ),
         ParamSpec(
             "vad.max_utterance_s",
             20.0,
             "an utterance is cut and finalised at this length",
             between(1.0, 30.0),
+            applies=ACTIVATE,
         ),
         ParamSpec(
             "vad.energy_threshold_db",
             -40.0,
             "energy VAD: level (dBFS) counted as speech",
             between(-100.0, 0.0),
+            applies=ACTIVATE,
         ),
         ParamSpec(
-            "partial_interval_s", 1.0, "seconds between partial results (0 = none)", at_least(0.0)
+            "partial_interval_s",
+            1.0,
+            "seconds between partial results (0 = none)",
+            at_least(0.0),
+            applies=ACTIVATE,
         ),
-        ParamSpec("session_id", "default", "session id attached to every utterance"),
-        ParamSpec("enabled", True, "start enabled (~/set_enabled changes it)"),
+        ParamSpec(
+            "session_id", "default", "session id attached to every utterance", applies=ACTIVATE
+        ),
+        ParamSpec("enabled", True, "start enabled (~/set_enabled changes it)", applies=ACTIVATE),
         ParamSpec(
             "audio_reliability",
             "reliable",
             "QoS reliability of the audio subscription (best_effort for SensorDataQoS drivers)",
             one_of("reliable", "best_effort"),
+            applies=STARTUP,
         ),
         ParamSpec(
-            "audio_depth", 50, "audio chunks queued for this node (KEEP_LAST)", between(1, 1000)
+            "audio_depth",
+            50,
+            "audio chunks queued for this node (KEEP_LAST)",
+            between(1, 1000),
+            applies=STARTUP,
         ),
         ParamSpec(
             "max_queued_finals",
@@ -225,6 +248,7 @@ def _spec_table() -> list[ParamSpec]:
             "final utterances waiting for the recogniser; a full queue drops the oldest "
             "(finals_dropped on /diagnostics)",
             between(1, 100),
+            applies=ACTIVATE,
         ),
         DIAGNOSTICS_PERIOD_SPEC,
     ]
@@ -260,7 +284,7 @@ class SpeechNode(ManagedNode):
         specs = parameter_specs()
         declare_parameter_specs(self, specs)
         # Read once: they shape entities that live in every lifecycle state.
-        fixed = read_parameters(self, [s for s in specs if s.name in _AT_STARTUP])
+        fixed = read_parameters(self, [s for s in specs if s.applies == STARTUP])
         self._backend = None  # configure
         self._backend_name = ""
         self._model_label = ""
