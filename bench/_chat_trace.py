@@ -26,11 +26,6 @@ Env switches for A/B runs (each off unless set to 1):
       thread saves the active session's KV state at once (while the caller reads its reply and
       the engine is idle) and the next use_session of another session skips its save when
       nothing was evaluated since; the timeline marks the requests that found such a snapshot
-  SMOLFUSION_TRACE_FAST_ACTION=1  prototype of a fusion_node fix, for half of the goals (drawn):
-      the job is submitted when the goal is accepted (inside the goal request's task, before
-      rclpy publishes EXECUTING and schedules the execute callback as a new executor task), and
-      the first token's feedback is published from the engine thread (later ones batched by
-      the execute callback as before); the timeline marks those goals
 """
 
 from __future__ import annotations
@@ -51,7 +46,6 @@ EAGER_SAVE = os.environ.get("SMOLFUSION_TRACE_EAGER_SAVE") == "1"
 # that would lengthen the hops it measures, so it is opt-in; by default only the process
 # total (getrusage, microseconds).
 THREAD_CPU = os.environ.get("SMOLFUSION_TRACE_THREAD_CPU") == "1"
-FAST_ACTION = os.environ.get("SMOLFUSION_TRACE_FAST_ACTION") == "1"
 
 
 def thread_cpu() -> dict[int, tuple[str, float]]:
@@ -94,7 +88,6 @@ class Tracer:
         self.background: tuple[str, float] | None = None  # (kind, started) while one runs
         self.engine_tid = 0
         self.jobs: dict[str, dict] = {}
-        self.local = threading.local()  # .fast: a submission by the fast-action prototype
         # (time, what) of the action server's own work, to place it on the timeline.
         self.events: collections.deque = collections.deque(maxlen=256)
 
@@ -137,90 +130,6 @@ def install_action_events(tracer: Tracer) -> None:
     server.ServerGoalHandle.publish_feedback = traced_feedback
 
 
-def install_fast_action(tracer: Tracer) -> None:
-    """The fast-action prototype (see the module docstring)."""
-    import queue
-
-    from rclpy.action import server
-
-    from smolfusion_ros.action import Converse
-    from smolfusion_ros.core.requests import RequestRejected
-    from smolfusion_ros.nodes import fusion_node
-
-    draw = random.Random(11)
-    presubmitted: dict[bytes, tuple] = {}  # goal id -> (job or rejection, feedback queue)
-    execute = server.ServerGoalHandle.execute
-
-    def accepted_then_execute(self, execute_callback=None):
-        node = self._action_server._node
-        engine = getattr(node, "engine", None)
-        if (
-            isinstance(node, fusion_node.FusionNode)
-            and engine is not None
-            and node.is_active
-            and draw.random() < 0.5
-        ):
-            feedback_queue: queue.SimpleQueue = queue.SimpleQueue()
-            goal_handle = self
-
-            def listener(_job, delta, partial, n):
-                if n == 1:  # at once, from the engine thread: no wake-up of another thread
-                    goal_handle.publish_feedback(
-                        Converse.Feedback(delta=delta, partial=partial, tokens=n)
-                    )
-                else:
-                    feedback_queue.put((delta, partial, n))
-
-            tracer.local.fast = True
-            try:
-                entry = engine.submit(node._request_from(self.request, "action"), listener)
-            except RequestRejected as exc:
-                entry = exc
-            finally:
-                tracer.local.fast = False
-            presubmitted[bytes(self.goal_id.uuid)] = (entry, feedback_queue)
-        execute(self, execute_callback)
-
-    server.ServerGoalHandle.execute = accepted_then_execute
-    run_converse = fusion_node.FusionNode._run_converse
-
-    def fast_run_converse(self, goal_handle):
-        """_run_converse for a job submitted at acceptance (the same loop after submit)."""
-        key = bytes(goal_handle.goal_id.uuid)
-        entry = presubmitted.pop(key, None)
-        if entry is None:
-            return run_converse(self, goal_handle)
-        job, feedback_queue = entry
-        result_msg = Converse.Result()
-        if isinstance(job, Exception):
-            goal_handle.abort()
-            result_msg.success, result_msg.error = False, str(job)
-            return result_msg
-        with self._goals_lock:
-            self._active_goals[key] = job
-        try:
-            while not (job.done and feedback_queue.empty()):
-                if goal_handle.is_cancel_requested:
-                    job.cancel()
-                job.expire_if_due()
-                if self._send_feedback(goal_handle, feedback_queue):
-                    job.wait(fusion_node.FEEDBACK_BATCH_S)
-        finally:
-            with self._goals_lock:
-                self._active_goals.pop(key, None)
-        result = job.result
-        fusion_node.fill_chat_response(result_msg, result)
-        if result.cancelled and goal_handle.is_cancel_requested:
-            goal_handle.canceled()
-        elif result.success:
-            goal_handle.succeed()
-        else:
-            goal_handle.abort()
-        return result_msg
-
-    fusion_node.FusionNode._run_converse = fast_run_converse
-
-
 def install(tracer: Tracer) -> None:
     from smolfusion_ros.backends.llm import llama_cpp_backend
     from smolfusion_ros.core import chat_engine
@@ -247,7 +156,6 @@ def install(tracer: Tracer) -> None:
             "submitted": job.submitted_at,
             "engine_busy": bool(self.busy),  # answering another request
             "delayed": delayed,
-            "fast_action": bool(getattr(tracer.local, "fast", False)),
             "background_running": background[0] if background else "",
             "background_for_s": (job.submitted_at - background[1]) if background else None,
             "_cpu0": cpu,
@@ -421,8 +329,6 @@ def main() -> None:
         tracer = Tracer(TRACE_PATH)
         install(tracer)
         install_action_events(tracer)
-        if FAST_ACTION:
-            install_fast_action(tracer)
     from smolfusion_ros.nodes.fusion_node import main as node_main
 
     node_main()

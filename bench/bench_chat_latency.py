@@ -51,8 +51,8 @@ changes) and writes one timeline per request: submitted -> taken up by the engin
 session switched (use_session: saving the previous session's KV state) -> back end called ->
 first token, the prompt tokens evaluated and held in the KV cache, whether background work
 (prefill, warm-up, summary) was running at submission, every background step, the action
-server's goal/result requests and feedback on the same clock, and the CPU time of every
-thread of the node up to the first token. With the client's own times (one monotonic clock)
+server's goal/result requests and feedback on the same clock, and the node's CPU time up to
+the first token (per thread with --trace-threads). With the client's own times (one monotonic clock)
 it also splits off the hops: client call -> engine submission and node first token -> client.
 Diagnostic switches (need --trace): --no-background (the engine does no idle work),
 --action-delay-s S (every second goal reaches the engine S late, after the action protocol's
@@ -504,20 +504,18 @@ def trace_summary(path: Path, warmup: int, samples: list[Sample]) -> dict:
     measured = {session for session, call in calls.items() if call.rep >= 0}
     # One group per path and diagnostic condition (--action-delay-s, --eager-save).
     groups = [
-        (source, delayed, reused, fast)
+        (source, delayed, reused)
         for source in ("action", "service")
         for delayed in (False, True)
         for reused in (False, True)
-        for fast in (False, True)
     ]
-    for source, delayed, reused, fast in groups:
+    for source, delayed, reused in groups:
         rows = [
             r
             for r in answers
             if r["source"] == source
             and r.get("delayed", False) == delayed
             and bool(r.get("snapshot_reused")) == reused
-            and r.get("fast_action", False) == fast
             and r["session"] in measured
         ]
         if not rows:
@@ -548,7 +546,7 @@ def trace_summary(path: Path, warmup: int, samples: list[Sample]) -> dict:
         )
         label = source + (" (submission delayed)" if delayed else "")
         label += " (KV snapshot reused)" if reused else ""
-        out[label + (" (fast-action prototype)" if fast else "")] = summary
+        out[label] = summary
     return out
 
 
@@ -617,12 +615,6 @@ def parse_args() -> argparse.Namespace:
         "~1.5 ms on the request's path, which lengthens the hops measured)",
     )
     parser.add_argument(
-        "--fast-action",
-        action="store_true",
-        help="with --trace: prototype fusion_node fix for half of the goals (drawn): submit at "
-        "goal acceptance, first token's feedback published from the engine thread",
-    )
-    parser.add_argument(
         "--output",
         type=Path,
         default=RESULTS_DIR / "chat_latency.json",
@@ -633,16 +625,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    diagnostics = (
-        args.no_background
-        or args.action_delay_s
-        or args.eager_save
-        or args.fast_action
-        or args.trace_threads
-    )
+    diagnostics = args.no_background or args.action_delay_s or args.eager_save or args.trace_threads
     if diagnostics and not args.trace:
         raise SystemExit(
-            "--no-background, --action-delay-s, --eager-save and --fast-action need --trace"
+            "--no-background, --action-delay-s, --eager-save and --trace-threads need --trace"
         )
     env = isolate_ros_environment()
 
@@ -674,8 +660,6 @@ def main() -> int:
     node_env = env | ({"SMOLFUSION_TRACE_NO_BACKGROUND": "1"} if args.no_background else {})
     if args.eager_save:
         node_env["SMOLFUSION_TRACE_EAGER_SAVE"] = "1"
-    if args.fast_action:
-        node_env["SMOLFUSION_TRACE_FAST_ACTION"] = "1"
     if args.trace_threads:
         node_env["SMOLFUSION_TRACE_THREAD_CPU"] = "1"
     if args.action_delay_s > 0:
