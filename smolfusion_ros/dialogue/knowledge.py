@@ -734,7 +734,8 @@ class KnowledgeBase:
                 rows = self.db.execute(
                     "SELECT c.id, bm25(chunks_fts) AS rank FROM chunks_fts"
                     " JOIN chunks c ON c.id = chunks_fts.rowid"
-                    " WHERE chunks_fts MATCH ? AND c.persona = ? ORDER BY rank LIMIT ?",
+                    # Ties by chunk id, as the in-memory postings rank them.
+                    " WHERE chunks_fts MATCH ? AND c.persona = ? ORDER BY rank, c.id LIMIT ?",
                     [match, persona_id, limit],
                 ).fetchall()
             except sqlite3.OperationalError as exc:

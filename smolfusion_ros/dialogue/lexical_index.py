@@ -123,11 +123,11 @@ class LexicalSnapshot:
         matched = np.flatnonzero(scores > 0.0)
         if not len(matched):
             return []
-        if len(matched) > limit:
-            part = np.argpartition(-scores[matched], limit - 1)[:limit]
-            matched = matched[part]
-        # Best first; equal scores by chunk id (rows are in id order).
-        order = np.lexsort((matched, -scores[matched]))
+        # Best first; equal scores by chunk id (rows are in id order), also at the `limit`
+        # cut, where a partial selection would keep an arbitrary one of tied chunks (the
+        # FTS5 query orders ties the same way). A full sort of the matches: ~1,000 of them
+        # per question in a 10,000-chunk base cost tens of microseconds.
+        order = np.lexsort((matched, -scores[matched]))[:limit]
         best = matched[order]
         return [(int(self.ids[i]), -float(scores[i])) for i in best]
 
